@@ -1,0 +1,72 @@
+"""MS-COCO captions: `captions_val2014.json` plus its image folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from clipgen.data.image_folder import load_image
+from clipgen.data.skips import SkipCounter
+from clipgen.data.transforms import image_transform
+
+
+def load_coco_captions(annotations: str | Path) -> tuple[dict[int, str], list[dict]]:
+    """Read a COCO captions file: ({image_id: file_name}, [{image_id, caption, id}, ...])."""
+    path = Path(annotations)
+    if not path.is_file():
+        raise FileNotFoundError(f"COCO captions file {path} not found; download "
+                                "annotations_trainval2014.zip (see data/README.md) and point "
+                                "data.annotations at captions_val2014.json")
+    data = json.loads(path.read_text())
+    files = {int(im["id"]): im["file_name"] for im in data["images"]}
+    anns = sorted(data["annotations"], key=lambda a: int(a["id"]))
+    return files, anns
+
+
+def draw_captions(annotations: list[dict], n: int, seed: int) -> list[dict]:
+    """`n` caption records drawn without replacement with a fixed seed (the usual 30k protocol)."""
+    if n > len(annotations):
+        raise ValueError(f"asked for {n} captions but the file has {len(annotations)}")
+    order = np.random.default_rng(seed).permutation(len(annotations))[:n]
+    return [annotations[i] for i in sorted(order)]
+
+
+class CocoCaptionsDataset(Dataset):
+    """One item per caption (`mode="caption"`) or per image with its first caption
+    (`mode="image"`). Corrupt images yield None and are counted in `self.skipped`."""
+
+    def __init__(self, annotations: str | Path, image_dir: str | Path, resolution: int = 256,
+                 crop: str = "center", hflip: bool = False, mode: str = "caption",
+                 num_captions: int | None = None, seed: int = 0) -> None:
+        if mode not in ("caption", "image"):
+            raise ValueError(f"mode must be 'caption' or 'image', got {mode!r}")
+        self.image_dir = Path(image_dir)
+        if not self.image_dir.is_dir():
+            raise FileNotFoundError(f"COCO image folder {self.image_dir} not found "
+                                    "(e.g. val2014/); see data/README.md")
+        self.files, anns = load_coco_captions(annotations)
+        if mode == "image":
+            seen: set[int] = set()
+            anns = [a for a in anns if not (a["image_id"] in seen or seen.add(a["image_id"]))]
+        if num_captions is not None:
+            anns = draw_captions(anns, num_captions, seed)
+        self.items = anns
+        self.transform = image_transform(resolution, crop, hflip)
+        self.skipped = SkipCounter()
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict | None:
+        ann = self.items[index]
+        path = self.image_dir / self.files[int(ann["image_id"])]
+        try:
+            image = self.transform(load_image(path))
+        except Exception as error:  # missing or corrupt file: count and skip
+            self.skipped.skip(str(path), error)
+            return None
+        return {"image": image, "caption": ann["caption"].strip(), "key": str(ann["id"]),
+                "image_id": int(ann["image_id"])}

@@ -1,0 +1,36 @@
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+EXPERIMENTS = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))
+DATA = sorted(p.stem for p in (CONFIGS / "data").glob("*.yaml"))
+
+
+def _compose(overrides):
+    with initialize_config_dir(str(CONFIGS), version_base="1.3"):
+        return compose("train", overrides=overrides, return_hydra_config=True)
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_every_experiment_composes(name):
+    cfg = _compose([f"experiment={name}"])
+    assert cfg.stage, f"experiment {name} must name its stage"
+    assert cfg.data._target_ and cfg.trainer._target_
+
+
+@pytest.mark.parametrize("name", DATA)
+def test_every_data_config_composes(name):
+    overrides = [f"data={name}"]
+    if name == "webdataset":
+        overrides.append("data.train.urls='/tmp/x/{00000..00001}.tar'")
+    cfg = _compose(overrides)
+    assert cfg.data.train._target_.startswith("clipgen.data.")
+
+
+def test_shapes_datamodule_instantiates_from_config():
+    cfg = _compose(["resolution=32", "data.train.length=8", "data.batch_size=4"])
+    dm = instantiate(cfg.data)
+    assert next(iter(dm.train_dataloader()))["image"].shape[1:] == (3, 32, 32)

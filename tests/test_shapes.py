@@ -1,0 +1,132 @@
+import itertools
+
+import numpy as np
+import pytest
+
+from clipgen.data.shapes import (
+    ATTRIBUTE_VALUES,
+    BACKGROUND_COLORS,
+    CAPTION_TEMPLATES,
+    GRID,
+    OBJECT_COLORS,
+    POSITIONS,
+    SHAPES,
+    ShapeRecord,
+    ShapesWorld,
+    caption,
+    mentioned_attributes,
+    render,
+)
+from clipgen.data.shapes_dataset import ShapesDataset
+from clipgen.metrics.shapes_reader import read_attributes
+
+HOLDOUT = [{"color": "yellow", "shape": "triangle"}]
+
+
+def test_rendering_is_deterministic_for_a_seed():
+    a, b = ShapesWorld(seed=3), ShapesWorld(seed=3)
+    for i in range(20):
+        assert np.array_equal(np.asarray(a[i].image), np.asarray(b[i].image))
+        assert a[i].caption == b[i].caption
+    other = ShapesWorld(seed=4)
+    assert any(a[i].record != other[i].record for i in range(20))
+
+
+def test_splits_differ():
+    train, val = ShapesWorld(split="train"), ShapesWorld(split="val")
+    assert [train[i].record for i in range(10)] != [val[i].record for i in range(10)]
+
+
+@pytest.mark.parametrize("color,shape", list(itertools.product(OBJECT_COLORS, SHAPES)))
+def test_every_color_and_shape_reads_back_from_pixels(color, shape):
+    s = 64
+    for background, (position, (gx, gy)) in zip(
+            itertools.cycle(BACKGROUND_COLORS), POSITIONS.items()):
+        rec = ShapeRecord(color, shape, "small", position, background,
+                          GRID[gx] * s, GRID[gy] * s, 0.13 * s)
+        arr = np.asarray(render(rec, s)).astype(float)
+        bg = np.asarray(BACKGROUND_COLORS[background], dtype=float)
+        # background: corners hold the exact palette colour
+        assert np.allclose(arr[0, 0], bg, atol=1)
+        mask = np.linalg.norm(arr - bg, axis=2) > 60
+        core = np.linalg.norm(arr - bg, axis=2) > 0.9 * np.linalg.norm(
+            np.asarray(OBJECT_COLORS[color], dtype=float) - bg)
+        mean = arr[core].mean(axis=0)
+        nearest = min(OBJECT_COLORS, key=lambda c: np.linalg.norm(mean - OBJECT_COLORS[c]))
+        assert nearest == color
+        ys, xs = np.nonzero(mask)
+        cx, cy = (xs.mean() + 0.5) / s, (ys.mean() + 0.5) / s
+        bounds = [0, 0.39, 0.61, 1]
+        assert bounds[gx] < cx < bounds[gx + 1] and bounds[gy] < cy < bounds[gy + 1]
+        assert read_attributes(arr.astype(np.uint8)) == rec.attributes()
+
+
+def test_reader_reads_random_samples():
+    world = ShapesWorld(seed=11)
+    wrong = sum(read_attributes(world[i].image) != world[i].record.attributes()
+                for i in range(300))
+    assert wrong <= 3
+
+
+def test_geometry_follows_the_spec():
+    world = ShapesWorld(image_size=100, seed=1)
+    for i in range(200):
+        r = world[i].record
+        gx, gy = POSITIONS[r.position]
+        assert abs(r.cx / 100 - GRID[gx]) <= 0.03 + 1e-9
+        assert abs(r.cy / 100 - GRID[gy]) <= 0.03 + 1e-9
+        base = {"small": 13, "large": 22}[r.size]
+        assert 0.92 * base - 1e-9 <= r.radius <= 1.08 * base + 1e-9
+
+
+def test_held_out_combinations_never_in_train_and_only_in_heldout():
+    train = ShapesWorld(seed=0, split="train", holdout=HOLDOUT)
+    held = ShapesWorld(seed=0, split="heldout", holdout=HOLDOUT)
+    for i in range(500):
+        r = train[i].record
+        assert not (r.color == "yellow" and r.shape == "triangle")
+    for i in range(50):
+        r = held[i].record
+        assert (r.color, r.shape) == ("yellow", "triangle")
+
+
+def test_bad_holdout_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown color 'teal'"):
+        ShapesWorld(holdout=[{"color": "teal"}])
+    with pytest.raises(ValueError, match="needs at least one"):
+        ShapesWorld(split="heldout")
+
+
+def test_captions_never_state_a_wrong_attribute():
+    world = ShapesWorld(seed=5)
+    for i in range(300):
+        sample = world[i]
+        text = sample.caption
+        for attr, values in ATTRIBUTE_VALUES.items():
+            for value in values:
+                if value == sample.record.attributes()[attr]:
+                    continue
+                # "top" is part of "top left": compare whole positions only
+                if attr == "position" and value in sample.record.position:
+                    continue
+                assert f" {value} " not in f" {text.replace(',', ' ')} ", (text, value)
+
+
+def test_every_template_states_what_it_claims():
+    rec = ShapeRecord("orange", "star", "large", "top left", "gray", 10, 10, 14)
+    for template in CAPTION_TEMPLATES:
+        text = caption(rec, template)
+        for attr in mentioned_attributes(template):
+            assert rec.attributes()[attr] in text
+
+
+def test_dataset_yields_image_in_range_caption_attributes():
+    ds = ShapesDataset(length=4, image_size=32)
+    item = ds[0]
+    assert item["image"].shape == (3, 32, 32)
+    assert -1.0 <= item["image"].min() and item["image"].max() <= 1.0
+    assert item["image"].min() < 0 < item["image"].max()
+    assert isinstance(item["caption"], str) and item["caption"]
+    assert set(item["attributes"]) == set(ATTRIBUTE_VALUES)
+    with pytest.raises(IndexError):
+        ds[4]
