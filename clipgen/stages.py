@@ -9,7 +9,9 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig
 
 # name -> "module:function" building the LightningModule from the whole config.
-STAGES: dict[str, str] = {}
+STAGES: dict[str, str] = {
+    "vqgan": "clipgen.lit.vqgan:build_vqgan_module",
+}
 
 
 def build_stage(cfg: DictConfig) -> pl.LightningModule:

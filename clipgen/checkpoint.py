@@ -1,0 +1,77 @@
+"""Safe checkpoint I/O: strict key matching with clear reports, versions stored with weights."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+TRACKED_PACKAGES = ("clipgen", "torch", "torchvision", "pytorch-lightning", "open_clip_torch",
+                    "taming-transformers-rom1504", "transformers", "safetensors")
+
+
+def package_versions() -> dict[str, str]:
+    """Installed versions of the packages a checkpoint depends on."""
+    out = {}
+    for name in TRACKED_PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def load_torch_file(path: str | Path) -> Any:
+    """`torch.load` with `weights_only=True`, with a clear error for missing files."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} not found")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise RuntimeError(f"could not load {path} safely (weights_only=True): {error}. "
+                           "Only tensors and plain containers are accepted; re-save the "
+                           "checkpoint's state_dict, or convert it to safetensors") from error
+
+
+class CheckpointMismatchError(RuntimeError):
+    """A state dict whose keys or shapes do not match the model."""
+
+
+def load_state_dict_strict(model: nn.Module, state: Mapping[str, torch.Tensor],
+                           ignore_prefixes: Iterable[str] = (), what: str = "checkpoint"
+                           ) -> list[str]:
+    """Load `state` into `model` strictly except for keys under `ignore_prefixes`, which are
+    dropped and returned. Missing, unexpected or mis-shaped keys raise a
+    CheckpointMismatchError that lists them."""
+    ignore = tuple(ignore_prefixes)
+    dropped = sorted(k for k in state if ignore and k.startswith(ignore))
+    kept = {k: v for k, v in state.items() if not (ignore and k.startswith(ignore))}
+    own = model.state_dict()
+    missing = sorted(set(own) - set(kept))
+    unexpected = sorted(set(kept) - set(own))
+    shapes = sorted(f"{k}: {tuple(kept[k].shape)} in {what}, {tuple(own[k].shape)} in model"
+                    for k in set(own) & set(kept) if kept[k].shape != own[k].shape)
+    if missing or unexpected or shapes:
+        def show(keys: list[str]) -> str:
+            return ", ".join(keys[:8]) + (f" ... ({len(keys)} in all)" if len(keys) > 8 else "")
+        parts = [f"{what} does not match the model configuration:"]
+        if missing:
+            parts.append(f"missing keys: {show(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys: {show(unexpected)}")
+        if shapes:
+            parts.append(f"shape mismatches: {show(shapes)}")
+        parts.append("check that the model config is the one the checkpoint was trained with")
+        raise CheckpointMismatchError("\n  ".join(parts))
+    model.load_state_dict(kept, strict=True)
+    if dropped:
+        log.info("dropped %d %s keys on purpose (%s...)", len(dropped), what, dropped[0])
+    return dropped

@@ -1,0 +1,49 @@
+"""What every clipgen LightningModule shares: config and package versions in checkpoints,
+image grids written to the run folder and the logger."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.loggers import WandbLogger
+from pytorch_lightning.utilities import rank_zero_only
+from torchvision.utils import make_grid
+
+from clipgen.checkpoint import package_versions
+from clipgen.data.transforms import to_pil
+
+
+class ClipgenModule(pl.LightningModule):
+    """Base LightningModule: `run_config` (the whole resolved run config as a dict) and the
+    installed package versions are stored in every checkpoint under `clipgen`."""
+
+    stage: str = ""
+
+    def __init__(self, run_config: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        self.run_config = run_config or {}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["clipgen"] = {"stage": self.stage, "config": self.run_config,
+                                 "versions": package_versions()}
+
+    @rank_zero_only
+    def log_image_grid(self, name: str, images: torch.Tensor, nrow: int, step: int | None = None
+                       ) -> Path | None:
+        """Save a grid of (N, 3, H, W) images in [-1, 1] as run_dir/images/<name>_<step>.png
+        and send it to wandb when that is the logger. `step` defaults to the global step."""
+        step = self.global_step if step is None else step
+        grid = to_pil(make_grid(images.detach().float().cpu().clamp(-1, 1), nrow=nrow,
+                                padding=1, pad_value=1.0))
+        run_dir = self.run_config.get("run_dir")
+        path = None
+        if run_dir:
+            path = Path(run_dir) / "images" / f"{name}_{step:07d}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            grid.save(path)
+        if isinstance(self.logger, WandbLogger):
+            self.logger.log_image(key=name, images=[grid], step=step)
+        return path

@@ -1,0 +1,146 @@
+"""The VQGAN tokenizer: taming's Encoder/Decoder around a vector quantizer.
+
+Parameter names follow taming's `VQModel` (`encoder.*`, `decoder.*`, `quantize.embedding.weight`,
+`quant_conv.*`, `post_quant_conv.*`), so public taming checkpoints load strictly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+from taming.modules.diffusionmodules.model import Decoder, Encoder
+from torch import nn
+
+from clipgen.checkpoint import load_state_dict_strict, load_torch_file
+from clipgen.models.quantizers import QuantOutput, build_quantizer
+
+
+@dataclass
+class VQGANConfig:
+    """Architecture of a VQGAN; names match taming's `ddconfig` plus the quantizer."""
+
+    resolution: int = 256
+    in_channels: int = 3
+    out_ch: int = 3
+    ch: int = 128
+    ch_mult: Sequence[int] = (1, 1, 2, 2, 4)
+    num_res_blocks: int = 2
+    attn_resolutions: Sequence[int] = (16,)
+    dropout: float = 0.0
+    z_channels: int = 256
+    n_embed: int = 16384
+    embed_dim: int = 256
+    quantizer: str = "taming"
+    beta: float = 0.25
+    quantizer_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> VQGANConfig:
+        known = set(cls.__dataclass_fields__)
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown VQGAN config keys {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**dict(d))
+
+    def ddconfig(self) -> dict[str, Any]:
+        return {"double_z": False, "z_channels": self.z_channels, "resolution": self.resolution,
+                "in_channels": self.in_channels, "out_ch": self.out_ch, "ch": self.ch,
+                "ch_mult": list(self.ch_mult), "num_res_blocks": self.num_res_blocks,
+                "attn_resolutions": list(self.attn_resolutions), "dropout": self.dropout}
+
+    @property
+    def downsample(self) -> int:
+        return 2 ** (len(self.ch_mult) - 1)
+
+
+class VQGAN(nn.Module):
+    """Image <-> discrete token grid. Images are (B, 3, H, W) in [-1, 1]."""
+
+    def __init__(self, config: VQGANConfig) -> None:
+        super().__init__()
+        self.config = config
+        dd = config.ddconfig()
+        self.encoder = Encoder(**dd)
+        self.decoder = Decoder(**dd)
+        self.quantize = build_quantizer(config.quantizer, config.n_embed, config.embed_dim,
+                                        config.beta, **config.quantizer_kwargs)
+        self.quant_conv = nn.Conv2d(config.z_channels, config.embed_dim, 1)
+        self.post_quant_conv = nn.Conv2d(config.embed_dim, config.z_channels, 1)
+
+    def encode(self, x: torch.Tensor) -> QuantOutput:
+        return self.quantize(self.quant_conv(self.encoder(x)))
+
+    def decode(self, z_q: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.post_quant_conv(z_q))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Reconstruction, codebook loss and (B, h, w) code indices."""
+        q = self.encode(x)
+        return self.decode(q.z_q), q.loss, q.indices
+
+    def token_grid(self, resolution: int | None = None) -> tuple[int, int]:
+        side = (resolution or self.config.resolution) // self.config.downsample
+        return side, side
+
+    @torch.no_grad()
+    def encode_to_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) images in [-1, 1] to (B, h, w) int64 tokens."""
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"expected images of shape (B, 3, H, W), got {tuple(images.shape)}")
+        return self.encode(images).indices
+
+    def decode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, h, w) tokens (or (B, h*w) in raster order, square grid) to images in [-1, 1]."""
+        if tokens.ndim == 2:
+            side = int(round(tokens.shape[1] ** 0.5))
+            if side * side != tokens.shape[1]:
+                raise ValueError(f"{tokens.shape[1]} tokens do not make a square grid")
+            tokens = tokens.view(tokens.shape[0], side, side)
+        if tokens.min() < 0 or tokens.max() >= self.config.n_embed:
+            raise ValueError(f"token ids must lie in [0, {self.config.n_embed})")
+        return self.decode(self.quantize.lookup(tokens.long()))
+
+    @property
+    def last_layer(self) -> torch.Tensor:
+        """The decoder's output convolution weight (for the GAN's adaptive weight)."""
+        return self.decoder.conv_out.weight
+
+
+def extract_vqgan_state(checkpoint: Mapping[str, Any], use_ema: bool = True
+                        ) -> dict[str, torch.Tensor]:
+    """The VQGAN weights of a checkpoint, with taming key names.
+
+    Accepts taming's format (`{"state_dict": {"encoder...", "loss...", ...}}`), clipgen's
+    Lightning checkpoints (keys under `model.` and, with EMA, `ema.module.`) and bare state
+    dicts. `loss.*` (discriminator, LPIPS) is kept here and dropped by the loader.
+    """
+    state = checkpoint.get("state_dict", checkpoint)
+    for prefix in (("ema.module.", "model.") if use_ema else ("model.",)):
+        if any(k.startswith(prefix) for k in state):
+            inner = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+            inner.update({k: v for k, v in state.items() if k.startswith("loss.")})
+            return inner
+    return dict(state)
+
+
+def load_vqgan_weights(model: VQGAN, path: str | Path, use_ema: bool = True) -> list[str]:
+    """Load a taming-format, clipgen or safetensors checkpoint strictly into `model`.
+
+    Training-loss keys (`loss.*`) are dropped on purpose and returned; any other missing or
+    unexpected key raises CheckpointMismatchError.
+    """
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        if not path.is_file():
+            raise FileNotFoundError(f"VQGAN weights {path} not found")
+        checkpoint: Mapping[str, Any] = load_file(str(path))
+    else:
+        checkpoint = load_torch_file(path)
+    state = extract_vqgan_state(checkpoint, use_ema=use_ema)
+    return load_state_dict_strict(model, state, ignore_prefixes=("loss.",),
+                                  what=f"VQGAN checkpoint {path.name}")

@@ -1,0 +1,143 @@
+import importlib.metadata
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from taming.modules.diffusionmodules.model import Decoder, Encoder
+from taming.modules.discriminator.model import NLayerDiscriminator
+from taming.modules.vqvae.quantize import VectorQuantizer2
+from torch import nn
+
+from clipgen.checkpoint import CheckpointMismatchError, load_torch_file
+from clipgen.data.datamodule import ImageTextDataModule
+from clipgen.data.shapes_dataset import ShapesDataset
+from clipgen.lit.vqgan import VQGANLoss, VQGANLossConfig, VQGANModule, codebook_stats
+from clipgen.models.quantizers import L2Quantizer
+from clipgen.models.vqgan import VQGAN, VQGANConfig, load_vqgan_weights
+
+TINY = dict(resolution=16, ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(),
+            z_channels=32, n_embed=24, embed_dim=8)
+
+
+def _taming_checkpoint(path, cfg: VQGANConfig) -> nn.Module:
+    """A checkpoint in the layout of taming's public VQModel checkpoints, from taming's modules."""
+    ref = nn.Module()
+    ref.encoder = Encoder(**cfg.ddconfig())
+    ref.decoder = Decoder(**cfg.ddconfig())
+    ref.quantize = VectorQuantizer2(cfg.n_embed, cfg.embed_dim, beta=0.25)
+    ref.quant_conv = nn.Conv2d(cfg.z_channels, cfg.embed_dim, 1)
+    ref.post_quant_conv = nn.Conv2d(cfg.embed_dim, cfg.z_channels, 1)
+    ref.loss = nn.Module()
+    ref.loss.discriminator = NLayerDiscriminator(3, 8, 2)
+    torch.save({"state_dict": ref.state_dict(), "global_step": 7, "epoch": 1}, path)
+    return ref
+
+
+def test_taming_format_checkpoint_loads_strictly(tmp_path):
+    cfg = VQGANConfig(**TINY, quantizer="taming")
+    ref = _taming_checkpoint(tmp_path / "last.ckpt", cfg)
+    model = VQGAN(cfg).eval()
+    dropped = load_vqgan_weights(model, tmp_path / "last.ckpt")
+    assert dropped and all(k.startswith("loss.discriminator.") for k in dropped)
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        h = ref.quant_conv(ref.encoder(x))
+        zq, _, (_, _, idx) = ref.quantize(h)
+        expected = ref.decoder(ref.post_quant_conv(zq))
+        assert torch.equal(model.encode_to_tokens(x).flatten(), idx.flatten())
+        assert torch.allclose(model(x)[0], expected)
+
+
+def test_mismatched_checkpoint_is_a_clear_error(tmp_path):
+    _taming_checkpoint(tmp_path / "a.ckpt", VQGANConfig(**TINY, quantizer="taming"))
+    other = VQGAN(VQGANConfig(**{**TINY, "n_embed": 32}, quantizer="taming"))
+    with pytest.raises(CheckpointMismatchError, match="shape mismatches: quantize.embedding"):
+        load_vqgan_weights(other, tmp_path / "a.ckpt")
+    state = load_torch_file(tmp_path / "a.ckpt")
+    state["state_dict"]["encoder.extra.weight"] = torch.zeros(1)
+    del state["state_dict"]["quant_conv.bias"]
+    torch.save(state, tmp_path / "b.ckpt")
+    model = VQGAN(VQGANConfig(**TINY, quantizer="taming"))
+    with pytest.raises(CheckpointMismatchError, match="missing keys: quant_conv.bias"):
+        load_vqgan_weights(model, tmp_path / "b.ckpt")
+
+
+def test_encode_decode_round_trip_shapes_and_dtypes():
+    model = VQGAN(VQGANConfig(**TINY, quantizer="l2")).eval()
+    x = torch.rand(3, 3, 16, 16) * 2 - 1
+    tokens = model.encode_to_tokens(x)
+    assert tokens.shape == (3, 8, 8) and tokens.dtype == torch.int64
+    assert 0 <= tokens.min() and tokens.max() < 24
+    with torch.no_grad():
+        images = model.decode_tokens(tokens)
+        flat = model.decode_tokens(tokens.flatten(1))
+    assert images.shape == (3, 3, 16, 16) and images.dtype == torch.float32
+    assert torch.equal(images, flat)
+    assert model.token_grid() == (8, 8)
+    with pytest.raises(ValueError, match="token ids"):
+        model.decode_tokens(torch.full((1, 8, 8), 24))
+
+
+def test_dead_code_restart_revives_unused_codes():
+    torch.manual_seed(0)
+    q = L2Quantizer(16, 4, restart_every=0)
+    q.train()
+    data = torch.randn(4, 4, 8, 8)
+    q(data)  # initialises from data, fills the recent buffer
+    # make codes 0..7 unreachable and never used
+    q.embedding.weight.data[:8] = -100 * torch.ones(4)
+    q.usage[:8] = 0.0
+    q.eval()
+    before = set(q(data).indices.unique().tolist())
+    assert before.isdisjoint(range(8)) or len(before) < 16
+    revived = q.restart_dead_codes()
+    assert revived >= 8
+    after = set(q(data).indices.unique().tolist())
+    assert after & set(range(8)), "restarted codes should be used again"
+
+
+def test_codebook_stats_over_a_pass():
+    usage, ppl = codebook_stats(torch.tensor([5, 5, 0, 0]))
+    assert usage == 0.5 and abs(ppl - 2.0) < 1e-5
+
+
+def test_missing_lpips_weights_fail_at_start(tmp_path):
+    with pytest.raises(FileNotFoundError) as err:
+        VQGANLoss(VQGANLossConfig(perceptual_weight=1.0, lpips_dir=str(tmp_path)))
+    message = str(err.value)
+    assert "vgg16-397923af.pth" in message and "vgg.pth" in message and str(tmp_path) in message
+    assert "perceptual_weight=0" in message
+
+
+def test_training_steps_lower_the_loss_and_checkpoint_has_config(tmp_path):
+    torch.manual_seed(0)
+    cfg = VQGANConfig(**TINY, quantizer="l2", quantizer_kwargs={"restart_every": 5})
+    loss = VQGANLossConfig(perceptual_weight=0.0, disc_start=10, disc_layers=1, disc_channels=8)
+    module = VQGANModule(cfg, loss, lr=2e-3, image_log_every=0,
+                         run_config={"stage": "vqgan", "run_dir": str(tmp_path)})
+    data = ShapesDataset(8, image_size=16)
+    batch = torch.stack([data[i]["image"] for i in range(8)])
+
+    def rec_loss() -> float:
+        with torch.no_grad():
+            return (module.model(batch)[0] - batch).abs().mean().item()
+
+    module.model.eval()
+    start = rec_loss()
+    trainer = pl.Trainer(max_steps=40, accelerator="cpu", logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False,
+                         limit_val_batches=1, val_check_interval=40, num_sanity_val_steps=0,
+                         check_val_every_n_epoch=None,
+                         default_root_dir=tmp_path)
+    trainer.fit(module, ImageTextDataModule(data, data, batch_size=8))
+    assert trainer.global_step == 40  # the discriminator's steps do not count twice
+    module.model.eval()
+    assert rec_loss() < 0.7 * start
+    assert list((tmp_path / "images").glob("val_recon_*.png"))
+    trainer.save_checkpoint(tmp_path / "m.ckpt")
+    ckpt = load_torch_file(tmp_path / "m.ckpt")
+    assert ckpt["clipgen"]["stage"] == "vqgan"
+    assert ckpt["clipgen"]["versions"]["torch"] == importlib.metadata.version("torch")
+    fresh = VQGAN(cfg)
+    load_vqgan_weights(fresh, tmp_path / "m.ckpt")
+    assert torch.equal(fresh.quantize.embedding.weight, module.model.quantize.embedding.weight)
