@@ -75,3 +75,18 @@ def load_state_dict_strict(model: nn.Module, state: Mapping[str, torch.Tensor],
     if dropped:
         log.info("dropped %d %s keys on purpose (%s...)", len(dropped), what, dropped[0])
     return dropped
+
+
+def clipgen_metadata(checkpoint: Mapping[str, Any], path: str | Path) -> dict[str, Any]:
+    """The `clipgen` block (stage, run config, package versions) of a clipgen checkpoint."""
+    meta = checkpoint.get("clipgen")
+    if not isinstance(meta, Mapping) or "stage" not in meta:
+        raise ValueError(f"{path} is not a clipgen training checkpoint (no 'clipgen' block with "
+                         "its stage and config); taming-format VQGAN checkpoints load with "
+                         "clipgen.models.vqgan.load_vqgan_weights and an explicit VQGANConfig")
+    return dict(meta)
+
+
+def strip_prefix(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The entries of `state` under `prefix`, with the prefix removed."""
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}

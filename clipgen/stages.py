@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 # name -> "module:function" building the LightningModule from the whole config.
 STAGES: dict[str, str] = {
     "vqgan": "clipgen.lit.vqgan:build_vqgan_module",
+    "clip": "clipgen.lit.clip:build_clip_module",
 }
 
 

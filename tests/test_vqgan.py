@@ -1,3 +1,4 @@
+import dataclasses
 import importlib.metadata
 
 import pytest
@@ -11,9 +12,10 @@ from torch import nn
 from clipgen.checkpoint import CheckpointMismatchError, load_torch_file
 from clipgen.data.datamodule import ImageTextDataModule
 from clipgen.data.shapes_dataset import ShapesDataset
+from clipgen.export import export_checkpoint
 from clipgen.lit.vqgan import VQGANLoss, VQGANLossConfig, VQGANModule, codebook_stats
 from clipgen.models.quantizers import L2Quantizer
-from clipgen.models.vqgan import VQGAN, VQGANConfig, load_vqgan_weights
+from clipgen.models.vqgan import VQGAN, VQGANConfig, load_vqgan_weights, vqgan_from_checkpoint
 
 TINY = dict(resolution=16, ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(),
             z_channels=32, n_embed=24, embed_dim=8)
@@ -114,7 +116,8 @@ def test_training_steps_lower_the_loss_and_checkpoint_has_config(tmp_path):
     cfg = VQGANConfig(**TINY, quantizer="l2", quantizer_kwargs={"restart_every": 5})
     loss = VQGANLossConfig(perceptual_weight=0.0, disc_start=10, disc_layers=1, disc_channels=8)
     module = VQGANModule(cfg, loss, lr=2e-3, image_log_every=0,
-                         run_config={"stage": "vqgan", "run_dir": str(tmp_path)})
+                         run_config={"stage": "vqgan", "run_dir": str(tmp_path),
+                                     "model": {"vqgan": dataclasses.asdict(cfg)}})
     data = ShapesDataset(8, image_size=16)
     batch = torch.stack([data[i]["image"] for i in range(8)])
 
@@ -138,6 +141,11 @@ def test_training_steps_lower_the_loss_and_checkpoint_has_config(tmp_path):
     ckpt = load_torch_file(tmp_path / "m.ckpt")
     assert ckpt["clipgen"]["stage"] == "vqgan"
     assert ckpt["clipgen"]["versions"]["torch"] == importlib.metadata.version("torch")
-    fresh = VQGAN(cfg)
-    load_vqgan_weights(fresh, tmp_path / "m.ckpt")
-    assert torch.equal(fresh.quantize.embedding.weight, module.model.quantize.embedding.weight)
+    rebuilt = vqgan_from_checkpoint(tmp_path / "m.ckpt")
+    assert torch.equal(rebuilt.quantize.embedding.weight, module.model.quantize.embedding.weight)
+    exported = export_checkpoint(tmp_path / "m.ckpt", tmp_path / "bundle")
+    fresh = VQGAN(cfg).eval()
+    assert load_vqgan_weights(fresh, exported) == []
+    with torch.no_grad():
+        assert torch.equal(fresh.encode_to_tokens(batch), rebuilt.encode_to_tokens(batch))
+    assert (tmp_path / "bundle" / "vqgan.yaml").is_file()

@@ -16,7 +16,12 @@ from safetensors.torch import load_file
 from taming.modules.diffusionmodules.model import Decoder, Encoder
 from torch import nn
 
-from clipgen.checkpoint import load_state_dict_strict, load_torch_file
+from clipgen.checkpoint import (
+    clipgen_metadata,
+    load_state_dict_strict,
+    load_torch_file,
+    strip_prefix,
+)
 from clipgen.models.quantizers import QuantOutput, build_quantizer
 
 
@@ -121,11 +126,30 @@ def extract_vqgan_state(checkpoint: Mapping[str, Any], use_ema: bool = True
     """
     state = checkpoint.get("state_dict", checkpoint)
     for prefix in (("ema.module.", "model.") if use_ema else ("model.",)):
-        if any(k.startswith(prefix) for k in state):
-            inner = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        inner = strip_prefix(state, prefix)
+        if inner:
             inner.update({k: v for k, v in state.items() if k.startswith("loss.")})
             return inner
     return dict(state)
+
+
+def read_weights_file(path: str | Path) -> Mapping[str, Any]:
+    """A checkpoint's contents: safetensors files as a state dict, others via
+    `torch.load(weights_only=True)`."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        if not path.is_file():
+            raise FileNotFoundError(f"weights file {path} not found")
+        return load_file(str(path))
+    return load_torch_file(path)
+
+
+def load_vqgan_state(model: VQGAN, checkpoint: Mapping[str, Any], use_ema: bool = True,
+                     name: str = "checkpoint") -> list[str]:
+    """Load checkpoint contents strictly into `model` (see `load_vqgan_weights`)."""
+    state = extract_vqgan_state(checkpoint, use_ema=use_ema)
+    return load_state_dict_strict(model, state, ignore_prefixes=("loss.",),
+                                  what=f"VQGAN checkpoint {name}")
 
 
 def load_vqgan_weights(model: VQGAN, path: str | Path, use_ema: bool = True) -> list[str]:
@@ -134,13 +158,15 @@ def load_vqgan_weights(model: VQGAN, path: str | Path, use_ema: bool = True) -> 
     Training-loss keys (`loss.*`) are dropped on purpose and returned; any other missing or
     unexpected key raises CheckpointMismatchError.
     """
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        if not path.is_file():
-            raise FileNotFoundError(f"VQGAN weights {path} not found")
-        checkpoint: Mapping[str, Any] = load_file(str(path))
-    else:
-        checkpoint = load_torch_file(path)
-    state = extract_vqgan_state(checkpoint, use_ema=use_ema)
-    return load_state_dict_strict(model, state, ignore_prefixes=("loss.",),
-                                  what=f"VQGAN checkpoint {path.name}")
+    return load_vqgan_state(model, read_weights_file(path), use_ema, Path(path).name)
+
+
+def vqgan_from_checkpoint(path: str | Path, use_ema: bool = True) -> VQGAN:
+    """A VQGAN built from the config stored in a clipgen stage-1 checkpoint, weights loaded."""
+    checkpoint = load_torch_file(path)
+    meta = clipgen_metadata(checkpoint, path)
+    if meta["stage"] != "vqgan":
+        raise ValueError(f"{path} is a {meta['stage']!r} checkpoint, not a VQGAN one")
+    model = VQGAN(VQGANConfig.from_dict(meta["config"]["model"]["vqgan"]))
+    load_vqgan_state(model, checkpoint, use_ema, Path(path).name)
+    return model.eval()

@@ -1,0 +1,74 @@
+"""Throughput measurements shared by the benchmark scripts under eval/."""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from datetime import date
+from typing import Any
+
+import hydra
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig
+
+from clipgen.stages import build_stage
+
+
+class StepTimer(pl.Callback):
+    """Wall-clock time of each training batch after `warmup` batches."""
+
+    def __init__(self, warmup: int) -> None:
+        self.warmup = warmup
+        self.times: list[float] = []
+        self._start = 0.0
+        self._seen = 0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._seen += 1
+        if self._seen > self.warmup:
+            self.times.append(time.perf_counter() - self._start)
+
+
+def machine_description() -> dict[str, Any]:
+    out = {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+           "torch": torch.__version__, "date": date.today().isoformat()}
+    if torch.cuda.is_available():
+        out["gpu"] = torch.cuda.get_device_name(0)
+    return out
+
+
+def measure_training(cfg: DictConfig, warmup: int, steps: int) -> dict[str, Any]:
+    """Train `cfg.stage` for warmup + steps batches (no validation, logging or checkpoints)
+    and report the median step time."""
+    torch.set_flush_denormal(True)
+    pl.seed_everything(cfg.seed)
+    module = build_stage(cfg)
+    datamodule = hydra.utils.instantiate(cfg.data)
+    timer = StepTimer(warmup)
+    trainer: pl.Trainer = hydra.utils.instantiate(
+        cfg.trainer, max_steps=warmup + steps, limit_val_batches=0, logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, callbacks=[timer])
+    trainer.fit(module, datamodule=datamodule)
+    times = sorted(timer.times)
+    median = times[len(times) // 2]
+    batch = cfg.data.batch_size
+    return {"stage": cfg.stage, "batch_size": batch, "steps_timed": len(times),
+            "median_step_s": round(median, 4), "steps_per_s": round(1 / median, 3),
+            "images_per_s": round(batch / median, 2), **machine_description()}
+
+
+def print_report(rows: list[dict[str, Any]], title: str) -> None:
+    """JSON first (machine-readable), then a markdown table."""
+    print(json.dumps(rows, indent=2))
+    keys = list(rows[0])
+    print(f"\n### {title}\n")
+    print("| " + " | ".join(keys) + " |")
+    print("|" + "---|" * len(keys))
+    for row in rows:
+        print("| " + " | ".join(str(row[k]) for k in keys) + " |")
+

@@ -1,0 +1,66 @@
+"""Export a trained stage checkpoint to inference weights: safetensors plus a YAML config.
+
+    clipgen-export outputs/vqgan/<run>/checkpoints/last.ckpt bundle/
+
+writes `bundle/<stage>.safetensors` (for the VQGAN, taming key names; for CLIP, an open_clip
+state dict that `open_clip.create_model(arch, pretrained=<file>)` loads) and
+`bundle/<stage>.yaml` (the architecture, the run config and the package versions).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+from safetensors.torch import save_file
+
+from clipgen.checkpoint import clipgen_metadata, load_torch_file, strip_prefix
+from clipgen.models.vqgan import extract_vqgan_state
+
+
+def stage_weights(checkpoint: dict[str, Any], stage: str, use_ema: bool = True) -> dict:
+    """The inference weights of a stage checkpoint, with the names its loader expects."""
+    state = checkpoint["state_dict"]
+    if stage == "vqgan":
+        weights = extract_vqgan_state(checkpoint, use_ema=use_ema)
+        return {k: v for k, v in weights.items() if not k.startswith("loss.")}
+    if stage == "clip":
+        return strip_prefix(state, "model.")
+    raise ValueError(f"no export for stage {stage!r}")
+
+
+def export_checkpoint(path: str | Path, out_dir: str | Path, use_ema: bool = True) -> Path:
+    """Write `<stage>.safetensors` and `<stage>.yaml` into `out_dir`; return the weights path."""
+    checkpoint = load_torch_file(path)
+    meta = clipgen_metadata(checkpoint, path)
+    stage = meta["stage"]
+    weights = {k: v.contiguous() for k, v in stage_weights(checkpoint, stage, use_ema).items()}
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    target = out / f"{stage}.safetensors"
+    save_file(weights, str(target), metadata={"stage": stage, "source": Path(path).name})
+    model_cfg = meta["config"]["model"]
+    arch = model_cfg["vqgan"] if stage == "vqgan" else model_cfg["clip"]
+    OmegaConf.save(OmegaConf.create({"stage": stage, "arch": arch,
+                                     "versions": meta["versions"],
+                                     "global_step": checkpoint.get("global_step"),
+                                     "run_config": meta["config"]}),
+                   out / f"{stage}.yaml")
+    return target
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint", help="a clipgen training checkpoint (.ckpt)")
+    parser.add_argument("out_dir", help="folder for <stage>.safetensors and <stage>.yaml")
+    parser.add_argument("--no-ema", action="store_true", help="export raw, not EMA, weights")
+    args = parser.parse_args(argv)
+    target = export_checkpoint(args.checkpoint, args.out_dir, use_ema=not args.no_ema)
+    print(f"wrote {target} and {target.with_suffix('.yaml')}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,141 @@
+"""CLIP training for domains with no pretrained CLIP (open_clip model, contrastive loss)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+from open_clip.loss import ClipLoss
+
+from clipgen.data.shapes import ATTRIBUTE_VALUES, prompt_for
+from clipgen.lit.base import ClipgenModule
+from clipgen.models.clip import clip_preprocess, create_clip, preprocess_stats, tokenize_prompts
+
+MAX_LOGIT_SCALE = math.log(100.0)
+
+
+def zero_shot_prompts() -> dict[str, list[str]]:
+    """One prompt per value of each Shapes attribute, naming only that attribute."""
+    return {attr: [prompt_for({attr: v}) for v in values]
+            for attr, values in ATTRIBUTE_VALUES.items()}
+
+
+def retrieval_r1(image_emb: torch.Tensor, text_emb: torch.Tensor, captions: list[str]
+                 ) -> tuple[float, float]:
+    """Image-to-text and text-to-image recall@1 over paired embeddings. A retrieved item counts
+    as right when its caption is the query's own caption text (Shapes captions repeat)."""
+    sims = image_emb @ text_emb.t()
+    ids = {c: i for i, c in enumerate(dict.fromkeys(captions))}
+    labels = torch.tensor([ids[c] for c in captions])
+    i2t = (labels[sims.argmax(dim=1)] == labels).float().mean().item()
+    t2i = (labels[sims.argmax(dim=0)] == labels).float().mean().item()
+    return i2t, t2i
+
+
+class CLIPModule(ClipgenModule):
+    """Trains a (small, registered) open_clip architecture from scratch on captioned images."""
+
+    stage = "clip"
+
+    def __init__(self, arch: str, pretrained: str | None = None, lr: float = 1e-3,
+                 weight_decay: float = 0.1, warmup_steps: int = 100, max_steps: int = 1000,
+                 run_config: dict[str, Any] | None = None) -> None:
+        super().__init__(run_config)
+        self.model = create_clip(arch, pretrained)
+        self.tokenizer = open_clip.get_tokenizer(arch)
+        self.image_size, mean, std = preprocess_stats(self.model)
+        self.register_buffer("mean", mean, persistent=False)
+        self.register_buffer("std", std, persistent=False)
+        self.loss_fn = ClipLoss()
+        self.lr, self.weight_decay = lr, weight_decay
+        self.warmup_steps, self.max_steps = warmup_steps, max_steps
+        self._val: list[tuple[torch.Tensor, torch.Tensor, list[str], dict | None]] = []
+
+    def tokenize(self, captions: list[str]) -> torch.Tensor:
+        return tokenize_prompts(self.tokenizer, captions).to(self.device)
+
+    def embed(self, images: torch.Tensor, captions: list[str]
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        img = F.normalize(self.model.encode_image(
+            clip_preprocess(images, self.image_size, self.mean, self.std)), dim=-1)
+        txt = F.normalize(self.model.encode_text(self.tokenize(captions)), dim=-1)
+        return img, txt
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        img, txt = self.embed(batch["image"], batch["caption"])
+        scale = self.model.logit_scale.exp()
+        loss = self.loss_fn(img, txt, scale)
+        self.log_dict({"train/loss": loss, "train/logit_scale": scale}, prog_bar=True)
+        return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        with torch.no_grad():  # as in open_clip training: temperature at most 100
+            self.model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+
+    def on_validation_epoch_start(self) -> None:
+        self._val = []
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        img, txt = self.embed(batch["image"], batch["caption"])
+        self._val.append((img.cpu(), txt.cpu(), batch["caption"], batch.get("attributes")))
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._val:
+            return
+        img = torch.cat([v[0] for v in self._val])
+        txt = torch.cat([v[1] for v in self._val])
+        captions = [c for v in self._val for c in v[2]]
+        i2t, t2i = retrieval_r1(img, txt, captions)
+        metrics = {"val/i2t_r1": i2t, "val/t2i_r1": t2i}
+        if all(v[3] is not None for v in self._val):
+            metrics.update(self.zero_shot(img, {k: [a for v in self._val for a in v[3][k]]
+                                                for k in ATTRIBUTE_VALUES}))
+        self.log_dict(metrics, prog_bar=True)
+
+    @torch.no_grad()
+    def zero_shot(self, img: torch.Tensor, truth: dict[str, list[str]]) -> dict[str, float]:
+        """Accuracy of each Shapes attribute: the nearest attribute prompt to each image."""
+        out = {}
+        for attr, prompts in zero_shot_prompts().items():
+            txt = F.normalize(self.model.encode_text(self.tokenize(prompts)), dim=-1).cpu()
+            pred = (img @ txt.t()).argmax(dim=1)
+            values = ATTRIBUTE_VALUES[attr]
+            out[f"val/zero_shot_{attr}"] = sum(
+                values[p] == t for p, t in zip(pred.tolist(), truth[attr])) / len(pred)
+        return out
+
+    def configure_optimizers(self) -> dict:
+        decay, no_decay = [], []
+        for name, p in self.model.named_parameters():
+            exclude = p.ndim < 2 or "logit_scale" in name or "embedding" in name or "bn" in name
+            (no_decay if exclude else decay).append(p)
+        opt = torch.optim.AdamW([{"params": decay, "weight_decay": self.weight_decay},
+                                 {"params": no_decay, "weight_decay": 0.0}],
+                                lr=self.lr, betas=(0.9, 0.98), eps=1e-6)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(self.warmup_steps,
+                                                                     self.max_steps))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def warmup_cosine(warmup: int, total: int, floor: float = 0.0):
+    """LR multiplier: linear warm-up to 1, then cosine decay to `floor` at `total` steps."""
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def build_clip_module(cfg: DictConfig) -> CLIPModule:
+    """Build the CLIP-training module from the run config (`cfg.model.clip`, `cfg.model.optim`)."""
+    c, opt = cfg.model.clip, cfg.model.optim
+    return CLIPModule(c.arch, c.get("pretrained"), lr=opt.lr, weight_decay=opt.weight_decay,
+                      warmup_steps=opt.warmup_steps, max_steps=cfg.trainer.max_steps,
+                      run_config=OmegaConf.to_container(cfg, resolve=True))

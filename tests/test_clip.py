@@ -1,0 +1,120 @@
+import pytest
+import pytorch_lightning as pl
+import torch
+from open_clip.transform import PreprocessCfg, image_transform_v2
+from PIL import Image
+
+from clipgen.data.datamodule import ImageTextDataModule
+from clipgen.data.shapes_dataset import ShapesDataset
+from clipgen.data.transforms import pil_to_tensor
+from clipgen.export import export_checkpoint
+from clipgen.lit.clip import CLIPModule, retrieval_r1, zero_shot_prompts
+from clipgen.models.clip import FrozenCLIP
+
+
+@pytest.fixture(scope="module")
+def tiny_clip():
+    torch.manual_seed(0)
+    return FrozenCLIP("clipgen-shapes-vit-tiny", pretrained=None)
+
+
+def test_random_vit_b32_round_trips_through_a_file(tmp_path):
+    torch.manual_seed(0)
+    a = FrozenCLIP("ViT-B-32", pretrained=None)
+    path = tmp_path / "vit_b32.pt"
+    torch.save(a.model.state_dict(), path)
+    b = FrozenCLIP("ViT-B-32", pretrained=str(path))
+    images = torch.rand(2, 3, 64, 80) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(a.encode_image(images), b.encode_image(images))
+        assert torch.equal(a.encode_text(["a red circle", "a dog"]),
+                           b.encode_text(["a red circle", "a dog"]))
+    assert not any(p.requires_grad for p in b.parameters()) and not b.training
+
+
+def test_missing_weights_file_says_how_to_get_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match="model.clip.pretrained=<path"):
+        FrozenCLIP("ViT-B-32", pretrained=str(tmp_path / "missing.bin"))
+    with pytest.raises(ValueError, match="unknown pretrained tag"):
+        FrozenCLIP("ViT-B-32", pretrained="not-a-tag")
+
+
+def test_preprocessing_matches_open_clip_transform():
+    clip = FrozenCLIP("ViT-B-32", pretrained=None)
+    rng = torch.Generator().manual_seed(0)
+    # a smooth image (photos are smooth at the pixel scale) of another size than CLIP's input
+    base = torch.rand(1, 3, 12, 15, generator=rng)
+    arr = torch.nn.functional.interpolate(base, size=(300, 375), mode="bilinear")[0]
+    image = Image.fromarray((arr.permute(1, 2, 0) * 255).round().byte().numpy())
+    transform = image_transform_v2(PreprocessCfg(**clip.model.visual.preprocess_cfg),
+                                   is_train=False)
+    ours = clip.preprocess(pil_to_tensor(image)[None])[0]
+    # open_clip's transform on the same pixels as a float tensor: the same operations
+    reference = transform((pil_to_tensor(image) + 1) / 2)
+    assert ours.shape == reference.shape == (3, 224, 224)
+    assert (ours - reference).abs().max() < 1e-3
+    # from the PIL image, PIL resamples in uint8: equal up to that rounding
+    assert (ours - transform(image)).abs().mean() < 1e-2
+
+
+def test_empty_prompt_rejected_and_long_prompt_warned(tiny_clip):
+    with pytest.raises(ValueError, match="empty prompt"):
+        tiny_clip.encode_text(["a red circle", "  "])
+    with pytest.warns(UserWarning, match="truncated"):
+        emb = tiny_clip.encode_text(["a red circle " * 10])
+    assert emb.shape == (1, 128)
+    assert torch.allclose(emb.norm(dim=-1), torch.ones(1))
+
+
+def test_image_embedding_is_differentiable_and_normalised(tiny_clip):
+    images = (torch.rand(2, 3, 64, 64) * 2 - 1).requires_grad_(True)
+    emb = tiny_clip.encode_image(images)
+    assert torch.allclose(emb.norm(dim=-1), torch.ones(2), atol=1e-5)
+    emb.sum().backward()
+    assert images.grad is not None and images.grad.abs().sum() > 0
+
+
+def test_retrieval_counts_identical_captions_as_right():
+    emb = torch.eye(3)
+    assert retrieval_r1(emb, emb, ["a", "b", "c"]) == (1.0, 1.0)
+    swapped = emb[[1, 0, 2]]
+    assert retrieval_r1(emb, swapped, ["a", "b", "c"])[0] == pytest.approx(1 / 3)
+    assert retrieval_r1(emb, swapped, ["a", "a", "c"])[0] == 1.0
+
+
+def test_zero_shot_prompts_cover_every_value():
+    prompts = zero_shot_prompts()
+    assert len(prompts["color"]) == 8 and "a red shape" in prompts["color"]
+    assert "a shape in the top left" in prompts["position"]
+
+
+def test_a_few_steps_lower_the_contrastive_loss(tmp_path):
+    torch.manual_seed(0)
+    arch = {"arch": "clipgen-shapes-vit-tiny", "pretrained": None}
+    module = CLIPModule(arch["arch"], lr=2e-3, warmup_steps=2, max_steps=25,
+                        run_config={"model": {"clip": arch}})
+    data = ShapesDataset(32, image_size=64)
+    batch = {k: [data[i][k] for i in range(32)] for k in ("image", "caption")}
+    batch["image"] = torch.stack(batch["image"])
+
+    def loss() -> float:
+        with torch.no_grad():
+            img, txt = module.embed(batch["image"], batch["caption"])
+            return module.loss_fn(img, txt, module.model.logit_scale.exp()).item()
+
+    start = loss()
+    trainer = pl.Trainer(max_steps=25, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, limit_val_batches=1, val_check_interval=25,
+                         check_val_every_n_epoch=None, num_sanity_val_steps=0,
+                         default_root_dir=tmp_path)
+    trainer.fit(module, ImageTextDataModule(data, data, batch_size=32))
+    assert loss() < 0.8 * start
+    metrics = trainer.callback_metrics
+    assert {"val/i2t_r1", "val/zero_shot_color", "val/zero_shot_shape"} <= set(metrics)
+    trainer.save_checkpoint(tmp_path / "clip.ckpt")
+    exported = export_checkpoint(tmp_path / "clip.ckpt", tmp_path / "bundle")
+    frozen = FrozenCLIP(arch["arch"], pretrained=str(exported))
+    with torch.no_grad():
+        img, txt = module.embed(batch["image"][:4], batch["caption"][:4])
+        assert torch.allclose(frozen.encode_image(batch["image"][:4]), img, atol=1e-5)
+        assert torch.allclose(frozen.encode_text(batch["caption"][:4]), txt, atol=1e-5)
