@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import logging
 from collections.abc import Iterable, Mapping
@@ -90,3 +91,15 @@ def clipgen_metadata(checkpoint: Mapping[str, Any], path: str | Path) -> dict[st
 def strip_prefix(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     """The entries of `state` under `prefix`, with the prefix removed."""
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def fingerprint(module: nn.Module) -> str:
+    """A short hash of a module's weights (names, shapes, values): identifies which VQGAN or
+    CLIP a stage-2 model or a token cache was made with."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy()
+                      .tobytes())
+    return digest.hexdigest()[:16]

@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 STAGES: dict[str, str] = {
     "vqgan": "clipgen.lit.vqgan:build_vqgan_module",
     "clip": "clipgen.lit.clip:build_clip_module",
+    "gpt": "clipgen.lit.prior:build_prior_module",
 }
 
 

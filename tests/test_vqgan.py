@@ -15,7 +15,7 @@ from clipgen.data.shapes_dataset import ShapesDataset
 from clipgen.export import export_checkpoint
 from clipgen.lit.vqgan import VQGANLoss, VQGANLossConfig, VQGANModule, codebook_stats
 from clipgen.models.quantizers import L2Quantizer
-from clipgen.models.vqgan import VQGAN, VQGANConfig, load_vqgan_weights, vqgan_from_checkpoint
+from clipgen.models.vqgan import VQGAN, VQGANConfig, load_vqgan, load_vqgan_weights
 
 TINY = dict(resolution=16, ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(),
             z_channels=32, n_embed=24, embed_dim=8)
@@ -141,7 +141,7 @@ def test_training_steps_lower_the_loss_and_checkpoint_has_config(tmp_path):
     ckpt = load_torch_file(tmp_path / "m.ckpt")
     assert ckpt["clipgen"]["stage"] == "vqgan"
     assert ckpt["clipgen"]["versions"]["torch"] == importlib.metadata.version("torch")
-    rebuilt = vqgan_from_checkpoint(tmp_path / "m.ckpt")
+    rebuilt = load_vqgan(tmp_path / "m.ckpt")
     assert torch.equal(rebuilt.quantize.embedding.weight, module.model.quantize.embedding.weight)
     exported = export_checkpoint(tmp_path / "m.ckpt", tmp_path / "bundle")
     fresh = VQGAN(cfg).eval()

@@ -13,6 +13,7 @@ from open_clip.loss import ClipLoss
 
 from clipgen.data.shapes import ATTRIBUTE_VALUES, prompt_for
 from clipgen.lit.base import ClipgenModule
+from clipgen.lit.optim import adamw_with_schedule, decay_groups
 from clipgen.models.clip import clip_preprocess, create_clip, preprocess_stats, tokenize_prompts
 
 MAX_LOGIT_SCALE = math.log(100.0)
@@ -109,28 +110,10 @@ class CLIPModule(ClipgenModule):
         return out
 
     def configure_optimizers(self) -> dict:
-        decay, no_decay = [], []
-        for name, p in self.model.named_parameters():
-            exclude = p.ndim < 2 or "logit_scale" in name or "embedding" in name or "bn" in name
-            (no_decay if exclude else decay).append(p)
-        opt = torch.optim.AdamW([{"params": decay, "weight_decay": self.weight_decay},
-                                 {"params": no_decay, "weight_decay": 0.0}],
-                                lr=self.lr, betas=(0.9, 0.98), eps=1e-6)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(self.warmup_steps,
-                                                                     self.max_steps))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-
-def warmup_cosine(warmup: int, total: int, floor: float = 0.0):
-    """LR multiplier: linear warm-up to 1, then cosine decay to `floor` at `total` steps."""
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / max(1, warmup)
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return factor
+        groups = decay_groups(self.model.named_parameters(), self.weight_decay,
+                              exclude=("logit_scale", "embedding", "bn"))
+        return adamw_with_schedule(groups, self.lr, (0.9, 0.98), self.warmup_steps,
+                                   self.max_steps, eps=1e-6)
 
 
 def build_clip_module(cfg: DictConfig) -> CLIPModule:

@@ -34,6 +34,10 @@ class TamingQuantizer(VectorQuantizer2):
         z_q, loss, (_, _, indices) = super().forward(z)
         return QuantOutput(z_q, loss, indices)
 
+    def codebook(self) -> torch.Tensor:
+        """(n_embed, embed_dim) code vectors as the decoder sees them."""
+        return self.embedding.weight
+
     def lookup(self, indices: torch.Tensor) -> torch.Tensor:
         """(B, h, w) code indices to (B, C, h, w) latents."""
         b, h, w = indices.shape
@@ -68,6 +72,7 @@ class L2Quantizer(nn.Module):
         self.restarted_total = 0
 
     def codebook(self) -> torch.Tensor:
+        """(n_embed, embed_dim) code vectors as the decoder sees them (unit norm)."""
         return F.normalize(self.embedding.weight, dim=1)
 
     def forward(self, z: torch.Tensor) -> QuantOutput:

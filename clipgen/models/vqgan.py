@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import OmegaConf
 from safetensors.torch import load_file
 from taming.modules.diffusionmodules.model import Decoder, Encoder
 from torch import nn
@@ -43,6 +44,10 @@ class VQGANConfig:
     quantizer: str = "taming"
     beta: float = 0.25
     quantizer_kwargs: dict[str, Any] = field(default_factory=dict)
+    # taming normalises with GroupNorm(32 groups); small models need fewer groups (with 32
+    # channels, 32 groups is per-channel normalisation, which erases colour). Parameter names
+    # do not change, so checkpoints stay compatible.
+    norm_groups: int = 32
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> VQGANConfig:
@@ -63,6 +68,19 @@ class VQGANConfig:
         return 2 ** (len(self.ch_mult) - 1)
 
 
+def set_norm_groups(module: nn.Module, groups: int) -> None:
+    """Replace every GroupNorm under `module` by one with `groups` groups (same parameters)."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.GroupNorm):
+            if child.num_channels % groups:
+                raise ValueError(f"norm_groups={groups} does not divide {child.num_channels} "
+                                 f"channels of {name}")
+            setattr(module, name, nn.GroupNorm(groups, child.num_channels, eps=child.eps,
+                                               affine=child.affine))
+        else:
+            set_norm_groups(child, groups)
+
+
 class VQGAN(nn.Module):
     """Image <-> discrete token grid. Images are (B, 3, H, W) in [-1, 1]."""
 
@@ -72,6 +90,9 @@ class VQGAN(nn.Module):
         dd = config.ddconfig()
         self.encoder = Encoder(**dd)
         self.decoder = Decoder(**dd)
+        if config.norm_groups != 32:
+            set_norm_groups(self.encoder, config.norm_groups)
+            set_norm_groups(self.decoder, config.norm_groups)
         self.quantize = build_quantizer(config.quantizer, config.n_embed, config.embed_dim,
                                         config.beta, **config.quantizer_kwargs)
         self.quant_conv = nn.Conv2d(config.z_channels, config.embed_dim, 1)
@@ -109,6 +130,12 @@ class VQGAN(nn.Module):
         if tokens.min() < 0 or tokens.max() >= self.config.n_embed:
             raise ValueError(f"token ids must lie in [0, {self.config.n_embed})")
         return self.decode(self.quantize.lookup(tokens.long()))
+
+    def decode_code_weights(self, weights: torch.Tensor) -> torch.Tensor:
+        """Decode (B, h, w, n_embed) weights over codes (one-hot, straight-through or Gumbel
+        relaxed) differentiably: the weighted code vectors go through the decoder."""
+        z = weights.to(self.quantize.codebook().dtype) @ self.quantize.codebook()
+        return self.decode(z.permute(0, 3, 1, 2).contiguous())
 
     @property
     def last_layer(self) -> torch.Tensor:
@@ -161,12 +188,34 @@ def load_vqgan_weights(model: VQGAN, path: str | Path, use_ema: bool = True) -> 
     return load_vqgan_state(model, read_weights_file(path), use_ema, Path(path).name)
 
 
-def vqgan_from_checkpoint(path: str | Path, use_ema: bool = True) -> VQGAN:
-    """A VQGAN built from the config stored in a clipgen stage-1 checkpoint, weights loaded."""
-    checkpoint = load_torch_file(path)
-    meta = clipgen_metadata(checkpoint, path)
-    if meta["stage"] != "vqgan":
-        raise ValueError(f"{path} is a {meta['stage']!r} checkpoint, not a VQGAN one")
-    model = VQGAN(VQGANConfig.from_dict(meta["config"]["model"]["vqgan"]))
-    load_vqgan_state(model, checkpoint, use_ema, Path(path).name)
-    return model.eval()
+def load_vqgan(path: str | Path, arch: Mapping[str, Any] | None = None) -> VQGAN:
+    """A frozen VQGAN in eval mode from any of the weight formats:
+
+    - a clipgen training checkpoint (`.ckpt` holding its config),
+    - an exported `vqgan.safetensors` (architecture from `arch`, else the `vqgan.yaml` beside it),
+    - a taming checkpoint such as `vqgan_imagenet_f16_16384.ckpt` (needs `arch`).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"VQGAN weights {path} not found: train one with "
+                                "`python train.py experiment=shapes_vqgan` and export it with "
+                                "`clipgen-export`, or give a taming checkpoint with its arch")
+    if path.suffix == ".safetensors":
+        if arch is None:
+            sidecar = path.with_suffix(".yaml")
+            if not sidecar.is_file():
+                raise FileNotFoundError(f"{path} needs its architecture: {sidecar} is missing "
+                                        "(clipgen-export writes it), or pass arch")
+            arch = OmegaConf.to_container(OmegaConf.load(sidecar).arch, resolve=True)
+        model = VQGAN(VQGANConfig.from_dict(arch))
+        load_vqgan_weights(model, path)
+    else:
+        checkpoint = load_torch_file(path)
+        if arch is None:
+            meta = clipgen_metadata(checkpoint, path)
+            if meta["stage"] != "vqgan":
+                raise ValueError(f"{path} is a {meta['stage']!r} checkpoint, not a VQGAN one")
+            arch = meta["config"]["model"]["vqgan"]
+        model = VQGAN(VQGANConfig.from_dict(arch))
+        load_vqgan_state(model, checkpoint, name=path.name)
+    return model.eval().requires_grad_(False)

@@ -1,0 +1,216 @@
+"""Stage 2: the CLIP-conditioned GPT-2 prior as a LightningModule."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+
+from clipgen.checkpoint import (
+    clipgen_metadata,
+    load_state_dict_strict,
+    load_torch_file,
+    strip_prefix,
+)
+from clipgen.data.precomputed import (
+    PrecomputedDataset,
+    check_identity,
+    encode_batch,
+    encoder_identity,
+)
+from clipgen.lit.base import ClipgenModule
+from clipgen.lit.optim import adamw_with_schedule, decay_groups
+from clipgen.models.clip import FrozenCLIP
+from clipgen.models.prior import CLIPPrior, PriorConfig
+from clipgen.models.vqgan import VQGAN, load_vqgan
+from clipgen.sampling import SamplingConfig, sample_tokens
+
+
+@dataclass
+class PriorTrainConfig:
+    """Objective and optimisation of stage 2."""
+
+    emb_loss_weight: float = 0.2  # lambda of the embedding-reconstruction term (paper: 0.2)
+    relaxation: str = "straight_through"  # or "gumbel"
+    gumbel_tau: float = 1.0
+    cond_noise: float = 0.0  # LAFITE-style Gaussian perturbation of the condition
+    cond_drop: float = 0.1  # probability of the null condition (classifier-free guidance)
+    lr: float = 3e-4
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    warmup_steps: int = 500
+    max_steps: int = 100000
+    sample_prompts: list[str] = field(default_factory=list)
+    sampling: dict[str, Any] = field(default_factory=dict)
+
+
+def perturb_condition(cond: torch.Tensor, level: float,
+                      generator: torch.Generator | None = None) -> torch.Tensor:
+    """LAFITE's perturbation of unit-norm conditions: add Gaussian noise of norm `level`,
+    renormalise."""
+    if level <= 0:
+        return cond
+    noise = torch.randn(cond.shape, generator=generator, device=cond.device, dtype=cond.dtype)
+    return F.normalize(cond + level * F.normalize(noise, dim=-1), dim=-1)
+
+
+def null_condition_mask(batch: int, rate: float, device: torch.device | str = "cpu",
+                        generator: torch.Generator | None = None) -> torch.Tensor | None:
+    """Rows that get the learned null condition, each with probability `rate`."""
+    if rate <= 0:
+        return None
+    return torch.rand(batch, generator=generator, device=device) < rate
+
+
+def relaxed_one_hot(logits: torch.Tensor, relaxation: str, tau: float = 1.0) -> torch.Tensor:
+    """Differentiable code choice from logits: straight-through argmax or hard Gumbel-softmax."""
+    if relaxation == "straight_through":
+        probs = logits.softmax(dim=-1)
+        hard = F.one_hot(probs.argmax(dim=-1), probs.shape[-1]).to(probs.dtype)
+        return hard + probs - probs.detach()
+    if relaxation == "gumbel":
+        return F.gumbel_softmax(logits, tau=tau, hard=True)
+    raise ValueError(f"relaxation must be 'straight_through' or 'gumbel', got {relaxation!r}")
+
+
+class FrozenEncoders:
+    """The VQGAN and CLIP the prior is trained against: frozen, and kept out of the module tree
+    so that stage-2 checkpoints hold only the prior (they record the encoders' fingerprints)."""
+
+    def __init__(self, vqgan: VQGAN, clip: FrozenCLIP) -> None:
+        self.vqgan = vqgan.eval().requires_grad_(False)
+        self.clip = clip.eval().requires_grad_(False)
+
+    def to(self, device: torch.device) -> FrozenEncoders:
+        self.vqgan.to(device)
+        self.clip.to(device)
+        return self
+
+
+class PriorModule(ClipgenModule):
+    stage = "gpt"
+
+    def __init__(self, prior: PriorConfig, vqgan: VQGAN, clip: FrozenCLIP,
+                 train: PriorTrainConfig, run_config: dict[str, Any] | None = None) -> None:
+        super().__init__(run_config)
+        self.identity = encoder_identity(vqgan, clip)
+        for key, value in (("vocab_size", prior.vocab_size), ("n_tokens", prior.n_tokens),
+                           ("cond_dim", prior.cond_dim)):
+            if self.identity[key] != value:
+                raise ValueError(f"prior {key}={value} but the encoders give "
+                                 f"{self.identity[key]}")
+        self.prior = CLIPPrior(prior)
+        self.encoders = FrozenEncoders(vqgan, clip)
+        self.cfg = train
+        self.sampling = SamplingConfig(**train.sampling)
+
+    # --- data ---------------------------------------------------------------------------
+    def on_fit_start(self) -> None:
+        self.encoders.to(self.device)
+        dm = self.trainer.datamodule
+        for ds in (getattr(dm, "train_set", None), getattr(dm, "val_set", None)):
+            if isinstance(ds, PrecomputedDataset):
+                check_identity(ds.meta, self.identity, "precomputed cache")
+
+    def on_validation_start(self) -> None:
+        self.encoders.to(self.device)
+
+    def targets(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """(tokens, condition) from a precomputed batch, or by encoding its images now."""
+        if "tokens" in batch:
+            return batch["tokens"].long(), batch["cond"].float()
+        tokens, cond = encode_batch(batch["image"], self.encoders.vqgan, self.encoders.clip)
+        return tokens, cond
+
+    # --- objective ----------------------------------------------------------------------
+    def embedding_loss(self, logits: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """Cosine distance between the CLIP embedding of the decoded predicted tokens and the
+        condition."""
+        h, w = self.encoders.vqgan.token_grid()
+        weights = relaxed_one_hot(logits.float(), self.cfg.relaxation, self.cfg.gumbel_tau)
+        images = self.encoders.vqgan.decode_code_weights(weights.view(-1, h, w, weights.shape[-1]))
+        emb = self.encoders.clip.encode_image(images)
+        return (1 - (emb * cond).sum(dim=-1)).mean()
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        tokens, cond = self.targets(batch)
+        null_mask = null_condition_mask(len(tokens), self.cfg.cond_drop, self.device)
+        logits = self.prior(perturb_condition(cond, self.cfg.cond_noise), tokens, null_mask)
+        ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens.reshape(-1))
+        loss = ce
+        if self.cfg.emb_loss_weight > 0:
+            keep = ~null_mask if null_mask is not None else slice(None)
+            if null_mask is None or keep.any():
+                emb = self.embedding_loss(logits[keep], cond[keep])
+                loss = loss + self.cfg.emb_loss_weight * emb
+                self.log("train/emb_loss", emb)
+        self.log_dict({"train/loss": loss, "train/token_loss": ce}, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        tokens, cond = self.targets(batch)
+        logits = self.prior(cond, tokens)
+        ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens.reshape(-1))
+        acc = (logits.argmax(-1) == tokens).float().mean()
+        self.log_dict({"val/token_loss": ce, "val/token_acc": acc}, prog_bar=True,
+                      sync_dist=True, batch_size=len(tokens))
+
+    def on_validation_epoch_end(self) -> None:
+        if self.cfg.sample_prompts and self.trainer.is_global_zero:
+            images = self.sample_images(self.cfg.sample_prompts, seed=0)
+            self.log_image_grid("samples", images, nrow=min(8, len(images)))
+
+    @torch.no_grad()
+    def sample_images(self, prompts: list[str], seed: int = 0) -> torch.Tensor:
+        """Decode one sample per prompt through the text encoder (the inference path)."""
+        cond = self.encoders.clip.encode_text(prompts)
+        gen = torch.Generator(device=self.device).manual_seed(seed)
+        tokens = sample_tokens(self.prior, cond, self.sampling, generator=gen)
+        return self.encoders.vqgan.decode_tokens(tokens).clamp(-1, 1)
+
+    def configure_optimizers(self) -> dict:
+        groups = decay_groups(self.prior.named_parameters(), self.cfg.weight_decay,
+                              exclude=("null_prefix",))
+        return adamw_with_schedule(groups, self.cfg.lr, tuple(self.cfg.betas),
+                                   self.cfg.warmup_steps, self.cfg.max_steps)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["clipgen"]["encoders"] = self.identity
+        checkpoint["clipgen"]["prior"] = self.prior.config.to_dict()
+
+
+def build_prior_module(cfg: DictConfig) -> PriorModule:
+    """Stage 2 from the run config: `model.tokenizer` (VQGAN weights), `model.clip`,
+    `model.prior` (size) and `model.train` (objective, optimiser, sample grid)."""
+    m = cfg.model
+    arch = m.tokenizer.get("arch")
+    vqgan = load_vqgan(m.tokenizer.path,
+                       OmegaConf.to_container(arch, resolve=True) if arch else None)
+    clip = FrozenCLIP(m.clip.arch, m.clip.get("pretrained"))
+    h, w = vqgan.token_grid()
+    prior = PriorConfig.from_dict({**OmegaConf.to_container(m.prior, resolve=True),
+                                   "vocab_size": vqgan.config.n_embed, "n_tokens": h * w,
+                                   "cond_dim": clip.embed_dim})
+    train = PriorTrainConfig(**OmegaConf.to_container(m.train, resolve=True))
+    if train.max_steps != cfg.trainer.max_steps:
+        train.max_steps = cfg.trainer.max_steps  # the schedule spans the whole run
+    return PriorModule(prior, vqgan, clip, train,
+                       run_config=OmegaConf.to_container(cfg, resolve=True))
+
+
+def load_prior(path: str, vqgan: VQGAN, clip: FrozenCLIP) -> CLIPPrior:
+    """The prior of a stage-2 checkpoint, checked against the VQGAN and CLIP it will be used
+    with (a prior is meaningless with another tokenizer or CLIP)."""
+    checkpoint = load_torch_file(path)
+    meta = clipgen_metadata(checkpoint, path)
+    if meta["stage"] != "gpt":
+        raise ValueError(f"{path} is a {meta['stage']!r} checkpoint, not a stage-2 (gpt) one")
+    check_identity(meta["encoders"], encoder_identity(vqgan, clip), f"stage-2 checkpoint {path}")
+    prior = CLIPPrior(PriorConfig.from_dict(meta["prior"]))
+    state = strip_prefix(checkpoint["state_dict"], "prior.")
+    load_state_dict_strict(prior, state, what=f"stage-2 checkpoint {path}")
+    return prior.eval()

@@ -1,0 +1,29 @@
+"""Tiny, randomly initialised encoders written to files, for stage-2 and sampling tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+from safetensors.torch import save_file
+
+from clipgen.models.clip import FrozenCLIP
+from clipgen.models.vqgan import VQGAN, VQGANConfig
+
+TINY_VQGAN = dict(resolution=16, ch=32, ch_mult=[1, 2], num_res_blocks=1, attn_resolutions=[],
+                  z_channels=32, n_embed=24, embed_dim=8, quantizer="l2", norm_groups=8)
+CLIP_ARCH = "clipgen-shapes-vit-tiny"
+
+
+def write_tiny_encoders(folder: Path, seed: int = 0) -> tuple[Path, Path]:
+    """A random tiny VQGAN (16 px, 8x8 tokens, 24 codes) and the tiny Shapes CLIP, saved as
+    `vqgan.safetensors` (+ `vqgan.yaml`) and `clip.pt` in `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    vqgan = VQGAN(VQGANConfig.from_dict(TINY_VQGAN))
+    save_file(vqgan.state_dict(), str(folder / "vqgan.safetensors"))
+    OmegaConf.save(OmegaConf.create({"arch": TINY_VQGAN}), folder / "vqgan.yaml")
+    clip = FrozenCLIP(CLIP_ARCH, pretrained=None)
+    torch.save(clip.model.state_dict(), folder / "clip.pt")
+    return folder / "vqgan.safetensors", folder / "clip.pt"
