@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import json
 import logging
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 log = logging.getLogger(__name__)
@@ -103,3 +106,34 @@ def fingerprint(module: nn.Module) -> str:
         digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy()
                       .tobytes())
     return digest.hexdigest()[:16]
+
+
+def save_safetensors(state: Mapping[str, torch.Tensor], path: str | Path,
+                     metadata: Mapping[str, str] | None = None) -> None:
+    """Save a state dict as safetensors. Tensors that share memory (tied weights) are stored
+    once; the other names are recorded in the metadata and restored by `load_safetensors`."""
+    kept: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    seen: dict[tuple[int, int, tuple[int, ...]], str] = {}
+    for name, tensor in state.items():
+        key = (tensor.data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
+        if tensor.numel() and key in seen:
+            aliases[name] = seen[key]
+            continue
+        seen[key] = name
+        kept[name] = tensor.detach().contiguous()
+    meta = {**(metadata or {}), "aliases": json.dumps(aliases)}
+    save_file(kept, str(path), metadata=meta)
+
+
+def load_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """Load a safetensors state dict, restoring tied names recorded by `save_safetensors`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file {path} not found")
+    state = load_file(str(path))
+    with safe_open(str(path), framework="pt") as f:
+        aliases = json.loads((f.metadata() or {}).get("aliases", "{}"))
+    for name, target in aliases.items():
+        state[name] = state[target]
+    return state

@@ -3,8 +3,9 @@
     clipgen-export outputs/vqgan/<run>/checkpoints/last.ckpt bundle/
 
 writes `bundle/<stage>.safetensors` (for the VQGAN, taming key names; for CLIP, an open_clip
-state dict that `open_clip.create_model(arch, pretrained=<file>)` loads) and
-`bundle/<stage>.yaml` (the architecture, the run config and the package versions).
+state dict that `open_clip.create_model(arch, pretrained=<file>)` loads; for the prior, its
+weights) and `bundle/<stage>.yaml` (the architecture, the run config and the package versions;
+for the prior also the fingerprints of the VQGAN and CLIP it was trained with).
 """
 
 from __future__ import annotations
@@ -14,9 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
-from safetensors.torch import save_file
 
-from clipgen.checkpoint import clipgen_metadata, load_torch_file, strip_prefix
+from clipgen.checkpoint import (
+    clipgen_metadata,
+    load_torch_file,
+    save_safetensors,
+    strip_prefix,
+)
 from clipgen.models.vqgan import extract_vqgan_state
 
 
@@ -28,6 +33,8 @@ def stage_weights(checkpoint: dict[str, Any], stage: str, use_ema: bool = True) 
         return {k: v for k, v in weights.items() if not k.startswith("loss.")}
     if stage == "clip":
         return strip_prefix(state, "model.")
+    if stage == "gpt":
+        return strip_prefix(state, "prior.")
     raise ValueError(f"no export for stage {stage!r}")
 
 
@@ -36,14 +43,16 @@ def export_checkpoint(path: str | Path, out_dir: str | Path, use_ema: bool = Tru
     checkpoint = load_torch_file(path)
     meta = clipgen_metadata(checkpoint, path)
     stage = meta["stage"]
-    weights = {k: v.contiguous() for k, v in stage_weights(checkpoint, stage, use_ema).items()}
+    weights = stage_weights(checkpoint, stage, use_ema)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     target = out / f"{stage}.safetensors"
-    save_file(weights, str(target), metadata={"stage": stage, "source": Path(path).name})
+    save_safetensors(weights, target, metadata={"stage": stage, "source": Path(path).name})
     model_cfg = meta["config"]["model"]
-    arch = model_cfg["vqgan"] if stage == "vqgan" else model_cfg["clip"]
-    OmegaConf.save(OmegaConf.create({"stage": stage, "arch": arch,
+    arch = {"vqgan": lambda: model_cfg["vqgan"], "clip": lambda: model_cfg["clip"],
+            "gpt": lambda: meta["prior"]}[stage]()
+    extra = {"encoders": meta["encoders"]} if stage == "gpt" else {}
+    OmegaConf.save(OmegaConf.create({"stage": stage, "arch": arch, **extra,
                                      "versions": meta["versions"],
                                      "global_step": checkpoint.get("global_step"),
                                      "run_config": meta["config"]}),

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
-from safetensors.torch import save_file
 
+from clipgen.checkpoint import save_safetensors
 from clipgen.models.clip import FrozenCLIP
 from clipgen.models.vqgan import VQGAN, VQGANConfig
 
@@ -22,8 +22,30 @@ def write_tiny_encoders(folder: Path, seed: int = 0) -> tuple[Path, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     vqgan = VQGAN(VQGANConfig.from_dict(TINY_VQGAN))
-    save_file(vqgan.state_dict(), str(folder / "vqgan.safetensors"))
+    save_safetensors(vqgan.state_dict(), folder / "vqgan.safetensors")
     OmegaConf.save(OmegaConf.create({"arch": TINY_VQGAN}), folder / "vqgan.yaml")
     clip = FrozenCLIP(CLIP_ARCH, pretrained=None)
     torch.save(clip.model.state_dict(), folder / "clip.pt")
     return folder / "vqgan.safetensors", folder / "clip.pt"
+
+
+def write_tiny_bundle(folder: Path, seed: int = 0) -> Path:
+    """A complete random bundle (vqgan, clip, gpt exports) in `folder`."""
+    from clipgen.data.precomputed import encoder_identity
+    from clipgen.models.prior import CLIPPrior, PriorConfig
+    from clipgen.models.vqgan import load_vqgan
+
+    vq_path, clip_path = write_tiny_encoders(folder, seed)
+    clip = FrozenCLIP(CLIP_ARCH, str(clip_path))
+    save_safetensors(clip.model.state_dict(), folder / "clip.safetensors")
+    OmegaConf.save(OmegaConf.create({"arch": {"arch": CLIP_ARCH, "pretrained": None}}),
+                   folder / "clip.yaml")
+    vqgan = load_vqgan(vq_path)
+    prior_cfg = PriorConfig(vocab_size=24, n_tokens=64, cond_dim=128, n_layer=2, n_embd=32,
+                            n_head=2)
+    prior = CLIPPrior(prior_cfg)
+    save_safetensors(prior.state_dict(), folder / "gpt.safetensors")
+    OmegaConf.save(OmegaConf.create({"arch": prior_cfg.to_dict(),
+                                     "encoders": encoder_identity(vqgan, clip)}),
+                   folder / "gpt.yaml")
+    return folder

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -11,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from clipgen.checkpoint import (
     clipgen_metadata,
+    load_safetensors,
     load_state_dict_strict,
     load_torch_file,
     strip_prefix,
@@ -202,15 +204,25 @@ def build_prior_module(cfg: DictConfig) -> PriorModule:
                        run_config=OmegaConf.to_container(cfg, resolve=True))
 
 
-def load_prior(path: str, vqgan: VQGAN, clip: FrozenCLIP) -> CLIPPrior:
-    """The prior of a stage-2 checkpoint, checked against the VQGAN and CLIP it will be used
-    with (a prior is meaningless with another tokenizer or CLIP)."""
-    checkpoint = load_torch_file(path)
-    meta = clipgen_metadata(checkpoint, path)
-    if meta["stage"] != "gpt":
-        raise ValueError(f"{path} is a {meta['stage']!r} checkpoint, not a stage-2 (gpt) one")
-    check_identity(meta["encoders"], encoder_identity(vqgan, clip), f"stage-2 checkpoint {path}")
-    prior = CLIPPrior(PriorConfig.from_dict(meta["prior"]))
-    state = strip_prefix(checkpoint["state_dict"], "prior.")
-    load_state_dict_strict(prior, state, what=f"stage-2 checkpoint {path}")
-    return prior.eval()
+def load_prior(path: str | Path, vqgan: VQGAN, clip: FrozenCLIP) -> CLIPPrior:
+    """The prior of a stage-2 checkpoint (`.ckpt`) or export (`gpt.safetensors` with its
+    `gpt.yaml`), checked against the VQGAN and CLIP it will be used with: a prior means
+    nothing with another tokenizer or CLIP."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        sidecar = path.with_suffix(".yaml")
+        if not path.is_file() or not sidecar.is_file():
+            raise FileNotFoundError(f"stage-2 weights {path} and {sidecar} are both needed")
+        meta = OmegaConf.to_container(OmegaConf.load(sidecar), resolve=True)
+        arch, encoders, state = meta["arch"], meta["encoders"], load_safetensors(path)
+    else:
+        checkpoint = load_torch_file(path)
+        meta = clipgen_metadata(checkpoint, path)
+        if meta["stage"] != "gpt":
+            raise ValueError(f"{path} is a {meta['stage']!r} checkpoint, not a stage-2 one")
+        arch, encoders = meta["prior"], meta["encoders"]
+        state = strip_prefix(checkpoint["state_dict"], "prior.")
+    check_identity(encoders, encoder_identity(vqgan, clip), f"stage-2 weights {path}")
+    prior = CLIPPrior(PriorConfig.from_dict(arch))
+    load_state_dict_strict(prior, state, what=f"stage-2 weights {path.name}")
+    return prior.eval().requires_grad_(False)

@@ -13,12 +13,12 @@ from typing import Any
 
 import torch
 from omegaconf import OmegaConf
-from safetensors.torch import load_file
 from taming.modules.diffusionmodules.model import Decoder, Encoder
 from torch import nn
 
 from clipgen.checkpoint import (
     clipgen_metadata,
+    load_safetensors,
     load_state_dict_strict,
     load_torch_file,
     strip_prefix,
@@ -165,9 +165,7 @@ def read_weights_file(path: str | Path) -> Mapping[str, Any]:
     `torch.load(weights_only=True)`."""
     path = Path(path)
     if path.suffix == ".safetensors":
-        if not path.is_file():
-            raise FileNotFoundError(f"weights file {path} not found")
-        return load_file(str(path))
+        return load_safetensors(path)
     return load_torch_file(path)
 
 

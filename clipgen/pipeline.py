@@ -1,0 +1,107 @@
+"""Text-to-image (and image-variation) generation from the three trained pieces."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+from tqdm import tqdm
+
+from clipgen.lit.prior import load_prior
+from clipgen.models.clip import FrozenCLIP
+from clipgen.models.prior import CLIPPrior
+from clipgen.models.vqgan import VQGAN, load_vqgan
+from clipgen.sampling import SamplingConfig, rerank, sample_tokens
+
+BUNDLE_FILES = ("vqgan.safetensors", "vqgan.yaml", "clip.safetensors", "clip.yaml",
+                "gpt.safetensors", "gpt.yaml")
+
+
+def default_bundle() -> Path:
+    """The Shapes bundle shipped inside the package."""
+    return Path(__file__).parent / "assets" / "shapes"
+
+
+def check_bundle(folder: Path) -> None:
+    missing = [f for f in BUNDLE_FILES if not (folder / f).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"model bundle {folder} lacks {', '.join(missing)}. A bundle holds the exports "
+            "of the three stages: `clipgen-export <checkpoint> <folder>` for the vqgan, clip "
+            "and gpt checkpoints (see README)")
+
+
+@dataclass
+class Generation:
+    """Images kept for one condition, best CLIP score first."""
+
+    images: torch.Tensor  # (keep, 3, H, W) in [-1, 1]
+    clip_cosine: torch.Tensor  # (keep,) cosine between image and condition embeddings
+
+
+class TextToImage:
+    """VQGAN + CLIP + prior: conditions from text (or images), tokens by the prior, pixels by
+    the VQGAN, candidates reranked by CLIP."""
+
+    def __init__(self, vqgan: VQGAN, clip: FrozenCLIP, prior: CLIPPrior,
+                 device: str | torch.device = "cpu") -> None:
+        self.device = torch.device(device)
+        self.vqgan = vqgan.to(self.device).eval()
+        self.clip = clip.to(self.device).eval()
+        self.prior = prior.to(self.device).eval()
+
+    @classmethod
+    def from_bundle(cls, folder: str | Path, device: str | torch.device = "cpu") -> TextToImage:
+        """Load `vqgan`, `clip` and `gpt` exports (safetensors + yaml) from one folder."""
+        folder = Path(folder)
+        check_bundle(folder)
+        return cls.from_files(folder / "vqgan.safetensors",
+                              OmegaConf.load(folder / "clip.yaml").arch.arch,
+                              folder / "clip.safetensors", folder / "gpt.safetensors", device)
+
+    @classmethod
+    def from_files(cls, vqgan: str | Path, clip_arch: str, clip_weights: str | Path | None,
+                   prior: str | Path, device: str | torch.device = "cpu") -> TextToImage:
+        """Load each piece from its own file (checkpoints or exports)."""
+        vq = load_vqgan(vqgan)
+        clip = FrozenCLIP(clip_arch, str(clip_weights) if clip_weights else None)
+        return cls(vq, clip, load_prior(prior, vq, clip), device)
+
+    @torch.no_grad()
+    def text_conditions(self, prompts: Sequence[str]) -> torch.Tensor:
+        return self.clip.encode_text(list(prompts))
+
+    @torch.no_grad()
+    def image_conditions(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) images in [-1, 1] to conditions (variations of those images)."""
+        return self.clip.encode_image(images.to(self.device))
+
+    @torch.no_grad()
+    def generate(self, cond: torch.Tensor, n_candidates: int = 1, keep: int = 1,
+                 sampling: SamplingConfig | None = None, seed: int = 0, batch_size: int = 16,
+                 progress: bool = False, on_batch: Callable[[int], None] | None = None
+                 ) -> list[Generation]:
+        """For each condition row, sample `n_candidates` images and keep the `keep` with the
+        highest CLIP similarity to the condition. Deterministic for (seed, batch_size)."""
+        if keep > n_candidates:
+            raise ValueError(f"keep ({keep}) cannot exceed n_candidates ({n_candidates})")
+        cond = cond.to(self.device)
+        rows = cond.repeat_interleave(n_candidates, dim=0)
+        gen = torch.Generator(device=self.device).manual_seed(seed)
+        images, cosines = [], []
+        for start in tqdm(range(0, len(rows), batch_size), disable=not progress,
+                          desc="sampling", unit="batch"):
+            chunk = rows[start:start + batch_size]
+            tokens = sample_tokens(self.prior, chunk, sampling, generator=gen)
+            decoded = self.vqgan.decode_tokens(tokens).clamp(-1, 1)
+            images.append(decoded.cpu())
+            cosines.append((self.clip.encode_image(decoded) * chunk).sum(-1).cpu())
+            if on_batch:
+                on_batch(len(chunk))
+        all_images = torch.cat(images).view(len(cond), n_candidates, *images[0].shape[1:])
+        all_cos = torch.cat(cosines).view(len(cond), n_candidates)
+        best = rerank(all_cos, keep)
+        return [Generation(all_images[i][best[i]], all_cos[i][best[i]]) for i in range(len(cond))]

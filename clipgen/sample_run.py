@@ -1,0 +1,104 @@
+"""sample.py's work: build the generator, read prompts or an image, write PNGs, grids and
+samples.jsonl."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from PIL import Image
+from torchvision.utils import make_grid
+
+from clipgen.data.transforms import image_transform, to_pil
+from clipgen.pipeline import TextToImage, default_bundle
+from clipgen.sampling import SamplingConfig
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def read_prompts(cfg: DictConfig) -> list[str]:
+    """Prompts from `prompt_file` (one per line, blank lines skipped) or `prompts`."""
+    if cfg.get("prompt_file"):
+        path = Path(cfg.prompt_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"prompt file {path} not found")
+        prompts = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        if not prompts:
+            raise ValueError(f"prompt file {path} holds no prompt")
+        return prompts
+    prompts = cfg.prompts
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    if not prompts:
+        raise ValueError("no prompt given: set prompts=[...] or prompt_file=<file>")
+    for p in prompts:
+        if not str(p).strip():
+            raise ValueError("empty prompt: every prompt must describe an image")
+    return [str(p) for p in prompts]
+
+
+def build_generator(cfg: DictConfig, device: torch.device) -> TextToImage:
+    pieces = (cfg.get("vqgan"), cfg.clip.get("arch"), cfg.get("gpt"))
+    if any(pieces):
+        if not all(pieces):
+            raise ValueError("giving pieces separately needs vqgan=, clip.arch= (with "
+                             "clip.pretrained=) and gpt= together; or give bundle=<folder>")
+        return TextToImage.from_files(cfg.vqgan, cfg.clip.arch, cfg.clip.get("pretrained"),
+                                      cfg.gpt, device)
+    return TextToImage.from_bundle(cfg.get("bundle") or default_bundle(), device)
+
+
+def slug(text: str, limit: int = 40) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")[:limit] or "prompt"
+
+
+def run_sampling(cfg: DictConfig) -> Path:
+    """Generate for every prompt (or the image) and write the results into `cfg.out_dir`."""
+    torch.set_flush_denormal(True)
+    device = resolve_device(cfg.device)
+    generator = build_generator(cfg, device)
+    sampling = SamplingConfig(**OmegaConf.to_container(cfg.sampling, resolve=True))
+    if cfg.get("image"):
+        path = Path(cfg.image)
+        if not path.is_file():
+            raise FileNotFoundError(f"input image {path} not found")
+        with Image.open(path) as img:
+            pixels = image_transform(generator.vqgan.config.resolution)(img.convert("RGB"))
+        labels = [f"variations of {path.name}"]
+        cond = generator.image_conditions(pixels[None])
+    else:
+        labels = read_prompts(cfg)
+        cond = generator.text_conditions(labels)
+    results = generator.generate(cond, n_candidates=max(cfg.n_candidates, cfg.samples_per_prompt),
+                                 keep=cfg.samples_per_prompt, sampling=sampling, seed=cfg.seed,
+                                 batch_size=cfg.batch_size, progress=True)
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    settings = {"sampling": OmegaConf.to_container(cfg.sampling, resolve=True),
+                "n_candidates": cfg.n_candidates, "batch_size": cfg.batch_size}
+    with open(out / "samples.jsonl", "w") as records:
+        for i, (label, result) in enumerate(zip(labels, results)):
+            name = f"{i:03d}_{slug(label)}"
+            for j, (image, cos) in enumerate(zip(result.images, result.clip_cosine)):
+                file = out / name / f"{j:02d}.png"
+                file.parent.mkdir(exist_ok=True)
+                to_pil(image).save(file)
+                records.write(json.dumps({
+                    "prompt": label, "seed": cfg.seed, "rank": j,
+                    "file": str(file.relative_to(out)), "clip_cosine": round(float(cos), 4),
+                    "clip_score": round(100 * max(float(cos), 0.0), 2),
+                    "settings": settings}) + "\n")
+            grid = make_grid(result.images, nrow=len(result.images), padding=2, pad_value=1.0)
+            to_pil(grid).save(out / f"{name}_grid.png")
+    log.info("wrote %d prompts to %s", len(labels), out)
+    print(f"samples written to {out}")
+    return out

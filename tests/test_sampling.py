@@ -1,0 +1,131 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from clipgen.models.prior import CLIPPrior, PriorConfig
+from clipgen.pipeline import TextToImage
+from clipgen.sample_run import run_sampling
+from clipgen.sampling import SamplingConfig, filter_logits, rerank, sample_tokens
+from tests.helpers import write_tiny_bundle
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def prior():
+    torch.manual_seed(0)
+    return CLIPPrior(PriorConfig(vocab_size=50, n_tokens=12, cond_dim=16, n_prefix=2, n_layer=2,
+                                 n_embd=32, n_head=2)).eval()
+
+
+def _cond(n=3):
+    return torch.nn.functional.normalize(torch.randn(n, 16, generator=torch.Generator()
+                                                     .manual_seed(1)), dim=-1)
+
+
+@pytest.mark.parametrize("settings", [dict(temperature=0.0), dict(temperature=1.0),
+                                      dict(temperature=0.8, top_k=10, top_p=0.9),
+                                      dict(temperature=1.0, guidance_scale=3.0)])
+def test_cached_and_uncached_decoding_agree(prior, settings):
+    out = {}
+    for cache in (True, False):
+        gen = torch.Generator().manual_seed(7)
+        out[cache] = sample_tokens(prior, _cond(), SamplingConfig(**settings, use_cache=cache),
+                                   generator=gen)
+    assert out[True].shape == (3, 12)
+    assert torch.equal(out[True], out[False])
+
+
+def test_sampling_is_deterministic_for_a_seed(prior):
+    a = sample_tokens(prior, _cond(), generator=torch.Generator().manual_seed(3))
+    b = sample_tokens(prior, _cond(), generator=torch.Generator().manual_seed(3))
+    c = sample_tokens(prior, _cond(), generator=torch.Generator().manual_seed(4))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_guidance_scale_one_is_plain_conditional_sampling(prior):
+    plain = sample_tokens(prior, _cond(), SamplingConfig(),
+                          generator=torch.Generator().manual_seed(5))
+    guided = sample_tokens(prior, _cond(), SamplingConfig(guidance_scale=1.0),
+                           generator=torch.Generator().manual_seed(5))
+    assert torch.equal(plain, guided)
+
+
+def test_top_k_keeps_exactly_k():
+    logits = torch.tensor([[1.0, 5.0, 3.0, 4.0, 2.0]])
+    kept = torch.isfinite(filter_logits(logits, top_k=2))
+    assert kept.tolist() == [[False, True, False, True, False]]
+
+
+def test_top_p_keeps_the_smallest_set_reaching_p():
+    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
+    logits = probs.log()
+    assert torch.isfinite(filter_logits(logits, top_p=0.5)).tolist() == [[True, False, False,
+                                                                          False]]
+    assert torch.isfinite(filter_logits(logits, top_p=0.7)).tolist() == [[True, True, False,
+                                                                          False]]
+    assert torch.isfinite(filter_logits(logits, top_p=0.97)).tolist() == [[True, True, True,
+                                                                           True]]
+    shuffled = logits[:, [2, 0, 3, 1]]
+    assert torch.isfinite(filter_logits(shuffled, top_p=0.7)).tolist() == [[False, True, False,
+                                                                            True]]
+
+
+def test_rerank_returns_highest_scores_best_first():
+    scores = torch.tensor([[0.1, 0.9, 0.5], [0.7, 0.2, 0.8]])
+    assert rerank(scores, 2).tolist() == [[1, 2], [2, 0]]
+    with pytest.raises(ValueError):
+        rerank(scores, 4)
+
+
+def test_generate_keeps_best_candidates(tmp_path):
+    t2i = TextToImage.from_bundle(write_tiny_bundle(tmp_path / "bundle"))
+    cond = t2i.text_conditions(["a red circle", "a blue star"])
+    results = t2i.generate(cond, n_candidates=4, keep=2, seed=0, batch_size=3)
+    assert len(results) == 2 and results[0].images.shape == (2, 3, 16, 16)
+    everything = t2i.generate(cond, n_candidates=4, keep=4, seed=0, batch_size=3)
+    for best, every in zip(results, everything):
+        assert torch.allclose(best.clip_cosine, every.clip_cosine[:2])
+        assert torch.equal(best.clip_cosine, every.clip_cosine.sort(descending=True).values[:2])
+
+
+def _sample(*args, cwd):
+    return subprocess.run([sys.executable, str(ROOT / "sample.py"), *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_sample_py_writes_the_promised_files(tmp_path):
+    bundle = write_tiny_bundle(tmp_path / "bundle")
+    (tmp_path / "prompts.txt").write_text("a red circle\n\na blue star\n")
+    out = tmp_path / "out"
+    run = _sample(f"bundle={bundle}", f"prompt_file={tmp_path / 'prompts.txt'}",
+                  "samples_per_prompt=2", "n_candidates=3", f"hydra.run.dir={out}", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    records = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert [r["prompt"] for r in records] == ["a red circle"] * 2 + ["a blue star"] * 2
+    assert all((out / r["file"]).is_file() for r in records)
+    assert (out / "000_a_red_circle_grid.png").is_file()
+    assert (out / "001_a_blue_star_grid.png").is_file()
+    assert {"clip_score", "seed", "settings"} <= set(records[0])
+
+
+def _sample_cfg(tmp_path, *overrides):
+    with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
+        return compose("sample", overrides=[f"out_dir={tmp_path}/o", *overrides])
+
+
+def test_sampling_clear_errors(tmp_path):
+    bundle = write_tiny_bundle(tmp_path / "bundle")
+    with pytest.raises(ValueError, match="empty prompt"):
+        run_sampling(_sample_cfg(tmp_path, f"bundle={bundle}", "prompts=[' ']"))
+    with pytest.raises(FileNotFoundError, match="lacks vqgan.safetensors"):
+        run_sampling(_sample_cfg(tmp_path, f"bundle={tmp_path}/nothing"))
+    other = write_tiny_bundle(tmp_path / "other", seed=1)
+    (bundle / "vqgan.safetensors").write_bytes((other / "vqgan.safetensors").read_bytes())
+    with pytest.raises(ValueError, match="made with other encoders"):
+        run_sampling(_sample_cfg(tmp_path, f"bundle={bundle}"))
