@@ -57,9 +57,13 @@ def measure_training(cfg: DictConfig, warmup: int, steps: int) -> dict[str, Any]
     times = sorted(timer.times)
     median = times[len(times) // 2]
     batch = cfg.data.batch_size
-    return {"stage": cfg.stage, "batch_size": batch, "steps_timed": len(times),
-            "median_step_s": round(median, 4), "steps_per_s": round(1 / median, 3),
-            "images_per_s": round(batch / median, 2), **machine_description()}
+    row = {"stage": cfg.stage, "batch_size": batch, "steps_timed": len(times),
+           "median_step_s": round(median, 4), "steps_per_s": round(1 / median, 3),
+           "images_per_s": round(batch / median, 2)}
+    tokens = getattr(module, "tokens_per_sample", None)
+    if tokens:
+        row["tokens_per_s"] = round(batch * tokens / median, 1)
+    return {**row, **machine_description()}
 
 
 def print_report(rows: list[dict[str, Any]], title: str) -> None:

@@ -149,3 +149,14 @@ def test_training_steps_lower_the_loss_and_checkpoint_has_config(tmp_path):
     with torch.no_grad():
         assert torch.equal(fresh.encode_to_tokens(batch), rebuilt.encode_to_tokens(batch))
     assert (tmp_path / "bundle" / "vqgan.yaml").is_file()
+
+
+def test_reconstruction_report_on_shapes():
+    from clipgen.metrics.reconstruction import shapes_reconstruction_report
+
+    torch.manual_seed(0)
+    model = VQGAN(VQGANConfig(**TINY, quantizer="l2")).eval()
+    report = shapes_reconstruction_report(model, num_images=6, batch_size=4)
+    assert report["images"] == 6
+    assert 0 < report["codebook_usage"] <= 1 and report["perplexity"] >= 1
+    assert 0 <= report["color_read_back"] <= 1 and report["psnr_db"] > 0

@@ -109,6 +109,10 @@ class PriorModule(ClipgenModule):
         self.cfg = train
         self.sampling = SamplingConfig(**train.sampling)
 
+    @property
+    def tokens_per_sample(self) -> int:
+        return self.prior.config.n_tokens
+
     # --- data ---------------------------------------------------------------------------
     def on_fit_start(self) -> None:
         self.encoders.to(self.device)
