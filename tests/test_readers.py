@@ -145,3 +145,14 @@ def test_datamodule_batches_shapes():
     assert batch["image"].shape == (4, 3, 16, 16)
     assert len(batch["attributes"]["color"]) == 4
     assert np.isclose(dm.skipped(), 0)
+
+
+def test_shards_split_across_ranks(tmp_path, monkeypatch):
+    export_shapes(tmp_path, 40, image_size=16, shard_size=10, progress=False)
+    urls = str(tmp_path / "{00000..00003}.tar")
+    seen = []
+    for rank in (0, 1):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        seen.append({s["key"] for s in WebImageTextDataset(urls, resolution=16)})
+    assert len(seen[0]) == len(seen[1]) == 20 and not seen[0] & seen[1]

@@ -160,3 +160,15 @@ def test_reconstruction_report_on_shapes():
     assert report["images"] == 6
     assert 0 < report["codebook_usage"] <= 1 and report["perplexity"] >= 1
     assert 0 <= report["color_read_back"] <= 1 and report["psnr_db"] > 0
+
+
+def test_norm_groups_build_narrow_models_with_taming_names():
+    narrow = VQGAN(VQGANConfig(**{**TINY, "ch": 16}, quantizer="l2", norm_groups=8))
+    norms = [m for m in narrow.modules() if isinstance(m, nn.GroupNorm)]
+    assert norms and all(m.num_groups == 8 for m in norms)
+    wide = VQGAN(VQGANConfig(**TINY, quantizer="taming"))
+    assert all(m.num_groups == 32 for m in wide.modules() if isinstance(m, nn.GroupNorm))
+    assert set(narrow.state_dict()) - {"quantize.usage", "quantize.initialized",
+                                       "quantize.steps"} == set(wide.state_dict())
+    with pytest.raises(ValueError, match="norm_groups=3"):
+        VQGAN(VQGANConfig(**TINY, norm_groups=3))

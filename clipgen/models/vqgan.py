@@ -6,13 +6,15 @@ Parameter names follow taming's `VQModel` (`encoder.*`, `decoder.*`, `quantize.e
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import OmegaConf
+from taming.modules.diffusionmodules import model as taming_model
 from taming.modules.diffusionmodules.model import Decoder, Encoder
 from torch import nn
 
@@ -68,17 +70,22 @@ class VQGANConfig:
         return 2 ** (len(self.ch_mult) - 1)
 
 
-def set_norm_groups(module: nn.Module, groups: int) -> None:
-    """Replace every GroupNorm under `module` by one with `groups` groups (same parameters)."""
-    for name, child in module.named_children():
-        if isinstance(child, nn.GroupNorm):
-            if child.num_channels % groups:
-                raise ValueError(f"norm_groups={groups} does not divide {child.num_channels} "
-                                 f"channels of {name}")
-            setattr(module, name, nn.GroupNorm(groups, child.num_channels, eps=child.eps,
-                                               affine=child.affine))
-        else:
-            set_norm_groups(child, groups)
+@contextmanager
+def taming_norm_groups(groups: int) -> Iterator[None]:
+    """Build taming Encoders/Decoders with GroupNorm of `groups` groups (taming fixes 32)."""
+    original = taming_model.Normalize
+
+    def normalize(in_channels: int) -> nn.GroupNorm:
+        if in_channels % groups:
+            raise ValueError(f"norm_groups={groups} does not divide {in_channels} channels; "
+                             "choose ch and norm_groups so that it does")
+        return nn.GroupNorm(num_groups=groups, num_channels=in_channels, eps=1e-6, affine=True)
+
+    taming_model.Normalize = normalize
+    try:
+        yield
+    finally:
+        taming_model.Normalize = original
 
 
 class VQGAN(nn.Module):
@@ -88,11 +95,9 @@ class VQGAN(nn.Module):
         super().__init__()
         self.config = config
         dd = config.ddconfig()
-        self.encoder = Encoder(**dd)
-        self.decoder = Decoder(**dd)
-        if config.norm_groups != 32:
-            set_norm_groups(self.encoder, config.norm_groups)
-            set_norm_groups(self.decoder, config.norm_groups)
+        with taming_norm_groups(config.norm_groups):
+            self.encoder = Encoder(**dd)
+            self.decoder = Decoder(**dd)
         self.quantize = build_quantizer(config.quantizer, config.n_embed, config.embed_dim,
                                         config.beta, **config.quantizer_kwargs)
         self.quant_conv = nn.Conv2d(config.z_channels, config.embed_dim, 1)
