@@ -8,7 +8,8 @@ from clipgen.data.datamodule import ImageTextDataModule
 from clipgen.data.shapes_dataset import ShapesDataset
 from clipgen.data.transforms import pil_to_tensor
 from clipgen.export import export_checkpoint
-from clipgen.lit.clip import CLIPModule, retrieval_r1, zero_shot_prompts
+from clipgen.lit.clip import CLIPModule
+from clipgen.metrics.clip_zero_shot import retrieval_r1, zero_shot_prompts
 from clipgen.models.clip import FrozenCLIP
 
 
@@ -84,8 +85,9 @@ def test_retrieval_counts_identical_captions_as_right():
 
 def test_zero_shot_prompts_cover_every_value():
     prompts = zero_shot_prompts()
-    assert len(prompts["color"]) == 8 and "a red shape" in prompts["color"]
-    assert "a shape in the top left" in prompts["position"]
+    assert len(prompts["color"]) == 8 and "a red circle" in prompts["color"][0]
+    assert "a star in the top left" in prompts["position"][0]
+    assert all("shape" not in p for ens in prompts.values() for e in ens for p in e)
 
 
 def test_a_few_steps_lower_the_contrastive_loss(tmp_path):

@@ -11,30 +11,13 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from open_clip.loss import ClipLoss
 
-from clipgen.data.shapes import ATTRIBUTE_VALUES, prompt_for
+from clipgen.data.shapes import ATTRIBUTE_VALUES
 from clipgen.lit.base import ClipgenModule
 from clipgen.lit.optim import adamw_with_schedule, decay_groups
+from clipgen.metrics.clip_zero_shot import retrieval_r1, zero_shot_accuracy
 from clipgen.models.clip import clip_preprocess, create_clip, preprocess_stats, tokenize_prompts
 
 MAX_LOGIT_SCALE = math.log(100.0)
-
-
-def zero_shot_prompts() -> dict[str, list[str]]:
-    """One prompt per value of each Shapes attribute, naming only that attribute."""
-    return {attr: [prompt_for({attr: v}) for v in values]
-            for attr, values in ATTRIBUTE_VALUES.items()}
-
-
-def retrieval_r1(image_emb: torch.Tensor, text_emb: torch.Tensor, captions: list[str]
-                 ) -> tuple[float, float]:
-    """Image-to-text and text-to-image recall@1 over paired embeddings. A retrieved item counts
-    as right when its caption is the query's own caption text (Shapes captions repeat)."""
-    sims = image_emb @ text_emb.t()
-    ids = {c: i for i, c in enumerate(dict.fromkeys(captions))}
-    labels = torch.tensor([ids[c] for c in captions])
-    i2t = (labels[sims.argmax(dim=1)] == labels).float().mean().item()
-    t2i = (labels[sims.argmax(dim=0)] == labels).float().mean().item()
-    return i2t, t2i
 
 
 class CLIPModule(ClipgenModule):
@@ -99,15 +82,13 @@ class CLIPModule(ClipgenModule):
 
     @torch.no_grad()
     def zero_shot(self, img: torch.Tensor, truth: dict[str, list[str]]) -> dict[str, float]:
-        """Accuracy of each Shapes attribute: the nearest attribute prompt to each image."""
-        out = {}
-        for attr, prompts in zero_shot_prompts().items():
-            txt = F.normalize(self.model.encode_text(self.tokenize(prompts)), dim=-1).cpu()
-            pred = (img @ txt.t()).argmax(dim=1)
-            values = ATTRIBUTE_VALUES[attr]
-            out[f"val/zero_shot_{attr}"] = sum(
-                values[p] == t for p, t in zip(pred.tolist(), truth[attr])) / len(pred)
-        return out
+        """Zero-shot accuracy of each Shapes attribute (prompt ensembles)."""
+
+        def encode(prompts: list[str]) -> torch.Tensor:
+            return F.normalize(self.model.encode_text(self.tokenize(prompts)), dim=-1).cpu()
+
+        return {f"val/zero_shot_{k}": v
+                for k, v in zero_shot_accuracy(img, truth, encode).items()}
 
     def configure_optimizers(self) -> dict:
         groups = decay_groups(self.model.named_parameters(), self.weight_decay,

@@ -1,0 +1,50 @@
+"""Zero-shot attribute accuracy and retrieval recall of a CLIP on the Shapes world."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from clipgen.data.shapes import ATTRIBUTE_VALUES, OBJECT_COLORS, SHAPES, prompt_for
+
+
+def zero_shot_prompts() -> dict[str, list[list[str]]]:
+    """For each attribute, for each of its values, an ensemble of prompts naming that value:
+    with each shape (or, for the shape itself, with each colour), so that no prompt uses a
+    word ("shape") that captions never contain."""
+    out: dict[str, list[list[str]]] = {}
+    for attr, values in ATTRIBUTE_VALUES.items():
+        if attr == "shape":
+            out[attr] = [[prompt_for({"shape": v, "color": c}) for c in OBJECT_COLORS]
+                         for v in values]
+        else:
+            out[attr] = [[prompt_for({attr: v, "shape": s}) for s in SHAPES] for v in values]
+    return out
+
+
+def zero_shot_accuracy(image_emb: torch.Tensor, truth: dict[str, Sequence[str]],
+                       encode_text: Callable[[list[str]], torch.Tensor]) -> dict[str, float]:
+    """Accuracy of each attribute: every image gets the value whose prompt ensemble (mean of
+    unit text embeddings, renormalised) is most similar to its embedding."""
+    out = {}
+    for attr, ensembles in zero_shot_prompts().items():
+        classes = torch.stack([F.normalize(encode_text(prompts).float().mean(0), dim=-1)
+                               for prompts in ensembles]).to(image_emb.device)
+        pred = (image_emb @ classes.t()).argmax(dim=1).tolist()
+        values = ATTRIBUTE_VALUES[attr]
+        out[attr] = sum(values[p] == t for p, t in zip(pred, truth[attr])) / len(pred)
+    return out
+
+
+def retrieval_r1(image_emb: torch.Tensor, text_emb: torch.Tensor, captions: list[str]
+                 ) -> tuple[float, float]:
+    """Image-to-text and text-to-image recall@1 over paired embeddings. A retrieved item counts
+    as right when its caption is the query's own caption text (Shapes captions repeat)."""
+    sims = image_emb @ text_emb.t()
+    ids = {c: i for i, c in enumerate(dict.fromkeys(captions))}
+    labels = torch.tensor([ids[c] for c in captions])
+    i2t = (labels[sims.argmax(dim=1)] == labels).float().mean().item()
+    t2i = (labels[sims.argmax(dim=0)] == labels).float().mean().item()
+    return i2t, t2i
