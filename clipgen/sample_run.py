@@ -40,10 +40,7 @@ def read_prompts(cfg: DictConfig) -> list[str]:
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     if not prompts:
         raise ValueError("no prompt given: set prompts=[...] or prompt_file=<file>")
-    for p in prompts:
-        if not str(p).strip():
-            raise ValueError("empty prompt: every prompt must describe an image")
-    return [str(p) for p in prompts]
+    return [str(p) for p in prompts]  # empty ones are refused by the CLIP tokenizer
 
 
 def build_generator(cfg: DictConfig, device: torch.device) -> TextToImage:
