@@ -38,6 +38,11 @@ def stage_weights(checkpoint: dict[str, Any], stage: str, use_ema: bool = True) 
     raise ValueError(f"no export for stage {stage!r}")
 
 
+def portable_config(run_config: dict[str, Any]) -> dict[str, Any]:
+    """The run config without where the run wrote its files (machine-specific paths)."""
+    return {k: v for k, v in run_config.items() if k not in ("run_dir", "logger")}
+
+
 def export_checkpoint(path: str | Path, out_dir: str | Path, use_ema: bool = True) -> Path:
     """Write `<stage>.safetensors` and `<stage>.yaml` into `out_dir`; return the weights path."""
     checkpoint = load_torch_file(path)
@@ -55,7 +60,7 @@ def export_checkpoint(path: str | Path, out_dir: str | Path, use_ema: bool = Tru
     OmegaConf.save(OmegaConf.create({"stage": stage, "arch": arch, **extra,
                                      "versions": meta["versions"],
                                      "global_step": checkpoint.get("global_step"),
-                                     "run_config": meta["config"]}),
+                                     "run_config": portable_config(meta["config"])}),
                    out / f"{stage}.yaml")
     return target
 

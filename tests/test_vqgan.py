@@ -172,3 +172,14 @@ def test_norm_groups_build_narrow_models_with_taming_names():
                                        "quantize.steps"} == set(wide.state_dict())
     with pytest.raises(ValueError, match="norm_groups=3"):
         VQGAN(VQGANConfig(**TINY, norm_groups=3))
+
+
+def test_shipped_shapes_tokenizer_reconstructs():
+    from clipgen.lit.vqgan import psnr
+    from clipgen.pipeline import default_bundle
+
+    model = load_vqgan(default_bundle() / "vqgan.safetensors")
+    data = ShapesDataset(8, image_size=model.config.resolution, split="val")
+    x = torch.stack([data[i]["image"] for i in range(8)])
+    with torch.no_grad():
+        assert psnr(x, model.decode_tokens(model.encode_to_tokens(x))).mean() > 30

@@ -1,6 +1,6 @@
 """Precomputed stage-2 training data: VQGAN tokens (uint16) and CLIP image embeddings (fp16).
 
-Layout of a cache folder: one `part-XXXXX/` per process, each with `tokens.npy` (N, n_tokens),
+Layout of a cache folder: one `part-<rank>/` per process, each with `tokens.npy` (N, n_tokens),
 `cond.npy` (N, cond_dim) and `meta.json` (which VQGAN and CLIP made it, by fingerprint).
 With `flip`, every image is also stored horizontally flipped (as in CLIP-GEN's training).
 """
