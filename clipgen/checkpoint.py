@@ -137,3 +137,13 @@ def load_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
     for name, target in aliases.items():
         state[name] = state[target]
     return state
+
+
+def dataclass_from_dict(cls: type, d: Mapping[str, Any], what: str) -> Any:
+    """Build a config dataclass from a stored dict, naming unknown keys (a config from another
+    version or another model) instead of failing inside the constructor."""
+    known = set(cls.__dataclass_fields__)
+    unknown = set(d) - known
+    if unknown:
+        raise ValueError(f"unknown {what} config keys {sorted(unknown)}; known: {sorted(known)}")
+    return cls(**dict(d))

@@ -53,10 +53,11 @@ def export_checkpoint(path: str | Path, out_dir: str | Path, use_ema: bool = Tru
     out.mkdir(parents=True, exist_ok=True)
     target = out / f"{stage}.safetensors"
     save_safetensors(weights, target, metadata={"stage": stage, "source": Path(path).name})
-    model_cfg = meta["config"]["model"]
-    arch = {"vqgan": lambda: model_cfg["vqgan"], "clip": lambda: model_cfg["clip"],
-            "gpt": lambda: meta["prior"]}[stage]()
-    extra = {"encoders": meta["encoders"]} if stage == "gpt" else {}
+    extra = {}
+    if stage == "gpt":
+        arch, extra = meta["prior"], {"encoders": meta["encoders"]}
+    else:
+        arch = meta["config"]["model"][stage]
     OmegaConf.save(OmegaConf.create({"stage": stage, "arch": arch, **extra,
                                      "versions": meta["versions"],
                                      "global_step": checkpoint.get("global_step"),

@@ -15,6 +15,8 @@ import torch
 from torch import nn
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from clipgen.checkpoint import dataclass_from_dict
+
 
 @dataclass
 class PriorConfig:
@@ -32,10 +34,7 @@ class PriorConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> PriorConfig:
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown prior config keys {sorted(unknown)}")
-        return cls(**dict(d))
+        return dataclass_from_dict(cls, d, "prior")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

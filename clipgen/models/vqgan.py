@@ -20,6 +20,7 @@ from torch import nn
 
 from clipgen.checkpoint import (
     clipgen_metadata,
+    dataclass_from_dict,
     load_safetensors,
     load_state_dict_strict,
     load_torch_file,
@@ -53,11 +54,7 @@ class VQGANConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> VQGANConfig:
-        known = set(cls.__dataclass_fields__)
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown VQGAN config keys {sorted(unknown)}; known: {sorted(known)}")
-        return cls(**dict(d))
+        return dataclass_from_dict(cls, d, "VQGAN")
 
     def ddconfig(self) -> dict[str, Any]:
         return {"double_z": False, "z_channels": self.z_channels, "resolution": self.resolution,
