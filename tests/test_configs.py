@@ -34,3 +34,16 @@ def test_shapes_datamodule_instantiates_from_config():
     cfg = _compose(["resolution=32", "data.train.length=8", "data.batch_size=4"])
     dm = instantiate(cfg.data)
     assert next(iter(dm.train_dataloader()))["image"].shape[1:] == (3, 32, 32)
+
+
+SUITES = sorted(p.stem for p in (CONFIGS / "suite").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", SUITES)
+def test_every_eval_suite_composes(name):
+    with initialize_config_dir(str(CONFIGS), version_base="1.3"):
+        cfg = compose("eval", overrides=[f"suite={name}", "out_dir=x"])
+    assert cfg.suite.name == name
+    assert cfg.suite.prompts._target_.startswith("clipgen.evaluation.prompts.")
+    assert cfg.suite.real.dataset._target_.startswith("clipgen.data.")
+    assert set(cfg.metrics.fid_features) <= {"inception", "clip"}

@@ -1,0 +1,1 @@
+"""Evaluation suites: prompt sets, sharded resumable generation, metrics and reports."""

@@ -1,0 +1,65 @@
+"""The prompt sets of the evaluation suites."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from clipgen.data.coco import draw_captions, load_coco_captions
+from clipgen.data.image_folder import ImageFolderDataset
+from clipgen.data.shapes import ATTRIBUTE_VALUES, matches_any, prompt_for, validate_combinations
+
+
+@dataclass(frozen=True)
+class EvalPrompt:
+    """One image to generate: its prompt, the attributes the prompt states (Shapes only) and
+    the group it is reported under."""
+
+    text: str
+    attributes: dict[str, str] = field(default_factory=dict)
+    group: str = "all"
+
+
+def shapes_prompts(samples_per_combination: int = 8, extra_attribute_rate: float = 0.5,
+                   holdout: Iterable[Mapping[str, str]] = (), seed: int = 0) -> list[EvalPrompt]:
+    """Every colour x shape combination, `samples_per_combination` prompts each; every prompt
+    names its colour and shape, and each of size, position and background with probability
+    `extra_attribute_rate` (values drawn with a fixed seed). Combinations matching `holdout`
+    are grouped `heldout`, the others `seen`."""
+    held = validate_combinations(holdout)
+    rng = np.random.default_rng(seed)
+    out = []
+    for color in ATTRIBUTE_VALUES["color"]:
+        for shape in ATTRIBUTE_VALUES["shape"]:
+            group = "heldout" if matches_any({"color": color, "shape": shape}, held) else "seen"
+            for _ in range(samples_per_combination):
+                attrs = {"color": color, "shape": shape}
+                for key in ("size", "position", "background"):
+                    value = str(rng.choice(ATTRIBUTE_VALUES[key]))
+                    if rng.random() < extra_attribute_rate:
+                        attrs[key] = value
+                out.append(EvalPrompt(prompt_for(attrs), attrs, group))
+    return out
+
+
+def coco_prompts(annotations: str, num_captions: int = 30_000, seed: int = 0) -> list[EvalPrompt]:
+    """`num_captions` captions drawn with a fixed seed (the 30k MS-COCO protocol); the real
+    images of the suite are those of the same captions (`CocoCaptionsDataset`, same seed)."""
+    _, anns = load_coco_captions(annotations)
+    return [EvalPrompt(a["caption"].strip()) for a in draw_captions(anns, num_captions, seed)]
+
+
+def imagenet_prompts(root: str, class_names: str | None = None, per_class: int = 50,
+                     template: str = "a photo of a {}") -> list[EvalPrompt]:
+    """`per_class` prompts per class of an ImageNet-layout folder (root/<wnid>/...), the class
+    names read from the optional {wnid: name} JSON."""
+    classes = ImageFolderDataset(root, class_names=class_names).class_names
+    return [EvalPrompt(template.format(name), group=name)
+            for name in classes for _ in range(per_class)]
+
+
+def prompt_list(texts: Sequence[str], repeats: int = 1) -> list[EvalPrompt]:
+    """Plain prompts, each repeated `repeats` times."""
+    return [EvalPrompt(t) for t in texts for _ in range(repeats)]

@@ -1,0 +1,257 @@
+"""Run an evaluation suite: generate (sharded, resumable), then score the images against the
+prompts and the suite's real images, and write report.json, report.md and grid.png."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torchvision.utils import make_grid
+from tqdm import tqdm
+
+from clipgen.data.precomputed import process_rank
+from clipgen.data.transforms import to_pil
+from clipgen.evaluation.generation import (
+    ImageGenerator,
+    generate_images,
+    missing_images,
+    read_images,
+)
+from clipgen.evaluation.prompts import EvalPrompt
+from clipgen.metrics.caps import CaptionScorer, caps_from_nll
+from clipgen.metrics.clip_score import clip_scores
+from clipgen.metrics.frechet import CLIPImageFeatures, FrechetSet, state_from_npz
+from clipgen.metrics.inception import InceptionFeatures, find_inception_weights
+from clipgen.metrics.shapes_reader import read_attributes
+from clipgen.models.clip import FrozenCLIP
+from clipgen.pipeline import TextToImage, default_bundle
+from clipgen.sample_run import build_generator, resolve_device
+from clipgen.sampling import SamplingConfig
+
+log = logging.getLogger(__name__)
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] float images to uint8."""
+    return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+def generator_settings(cfg: DictConfig) -> dict[str, Any]:
+    """What the images depend on: recorded in the folder's manifest."""
+    return {"method": cfg.method, "model": {k: str(cfg.get(k)) for k in ("bundle", "vqgan", "gpt")},
+            "sampling": OmegaConf.to_container(cfg.sampling, resolve=True),
+            "n_candidates": cfg.n_candidates, "batch_size": cfg.batch_size, "seed": cfg.seed}
+
+
+def clipgen_image_generator(pipe: TextToImage, cfg: DictConfig) -> ImageGenerator:
+    """CLIP-GEN sampling: text embedding -> prior -> VQGAN, best of n_candidates by CLIP."""
+    sampling = SamplingConfig(**OmegaConf.to_container(cfg.sampling, resolve=True))
+
+    def generate(prompts: Sequence[str], seed: int) -> torch.Tensor:
+        results = pipe.generate(pipe.text_conditions(prompts), n_candidates=cfg.n_candidates,
+                                keep=1, sampling=sampling, seed=seed,
+                                batch_size=len(prompts) * cfg.n_candidates)
+        return torch.cat([r.images for r in results])
+    return generate
+
+
+def metric_clip(cfg: DictConfig, device: torch.device) -> tuple[FrozenCLIP, str]:
+    """The CLIP that scores images: `metrics.clip` when set, else the generator's own."""
+    arch = cfg.metrics.clip.get("arch")
+    if arch:
+        pretrained = cfg.metrics.clip.get("pretrained")
+        return FrozenCLIP(arch, pretrained).to(device), f"{arch} ({pretrained})"
+    if cfg.get("clip") and cfg.clip.get("arch"):
+        arch, pretrained = cfg.clip.arch, cfg.clip.get("pretrained")
+    else:
+        bundle = Path(cfg.get("bundle") or default_bundle())
+        arch = OmegaConf.load(bundle / "clip.yaml").arch.arch
+        pretrained = str(bundle / "clip.safetensors")
+    return FrozenCLIP(arch, pretrained).to(device), f"{arch} (the generator's CLIP)"
+
+
+def reference_path(cfg: DictConfig, feature: str, clip_name: str) -> Path:
+    """Cache file of the real statistics, keyed by suite, real data, feature and blur radii."""
+    key = json.dumps({"real": OmegaConf.to_container(cfg.suite.real, resolve=True),
+                      "radii": list(cfg.metrics.fid_radii), "feature": feature,
+                      "clip": clip_name if feature == "clip" else None}, sort_keys=True)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+    return Path(cfg.reference_dir) / f"{cfg.suite.name}-{feature}-{digest}.pt"
+
+
+def fill_reference(fd: FrechetSet, cfg: DictConfig, path: Path) -> None:
+    """Real statistics: from the cache file, a reference npz (radius 0 only), or the suite's
+    real images (then cached)."""
+    real = cfg.suite.real
+    if path.is_file():
+        fd.load_real(path)
+        log.info("reference statistics from %s", path)
+        return
+    if real.get("npz"):
+        if fd.radii != [0.0]:
+            raise ValueError("a reference npz holds radius-0 statistics only: set "
+                             "metrics.fid_radii=[0]")
+        fd.load_real_state(state_from_npz(real.npz))
+        return
+    dataset = instantiate(real.dataset)
+    n = min(int(real.num_images), len(dataset))
+    skipped = 0
+    batch: list[torch.Tensor] = []
+    for i in tqdm(range(n), desc="real images", unit="img"):
+        item = dataset[i]
+        if item is None:  # unreadable image, counted by the dataset
+            skipped += 1
+            continue
+        batch.append(item["image"])
+        if len(batch) == cfg.metrics.batch_size or i == n - 1:
+            fd.update(to_uint8(torch.stack(batch)), real=True)
+            batch = []
+    if skipped:
+        log.warning("%d unreadable real images skipped", skipped)
+    fd.save_real(path)
+    log.info("reference statistics (%d images) cached in %s", fd.real_count(), path)
+
+
+def attribute_accuracy(reads: list[dict], prompts: Sequence[EvalPrompt]) -> dict[str, Any]:
+    """Per attribute named in the prompts: the fraction of images whose read-back value matches,
+    overall and per prompt group; plus colour-and-shape jointly."""
+    hits: dict[str, dict[str, list[bool]]] = defaultdict(lambda: defaultdict(list))
+    for read, prompt in zip(reads, prompts):
+        named = prompt.attributes
+        for key, value in named.items():
+            for group in ("all", prompt.group):
+                hits[group][key].append(read.get(key) == value)
+        if "color" in named and "shape" in named:
+            both = read.get("color") == named["color"] and read.get("shape") == named["shape"]
+            for group in ("all", prompt.group):
+                hits[group]["color_and_shape"].append(both)
+    return {group: {key: {"accuracy": round(sum(v) / len(v), 4), "n": len(v)}
+                    for key, v in sorted(by_key.items())}
+            for group, by_key in hits.items()}
+
+
+@torch.no_grad()
+def score_images(cfg: DictConfig, prompts: Sequence[EvalPrompt], out_dir: Path,
+                 device: torch.device) -> dict[str, Any]:
+    """All configured metrics over the generated images of `out_dir`."""
+    missing = missing_images(out_dir, range(len(prompts)))
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} of {len(prompts)} images are not generated yet "
+                                f"(first: {missing[0]}); run the generate step to completion")
+    m = cfg.metrics
+    clip, clip_name = metric_clip(cfg, device)
+    fd_sets: dict[str, FrechetSet] = {}
+    for feature in m.fid_features:
+        if feature == "inception":
+            net = InceptionFeatures(find_inception_weights(m.get("inception_weights")), "2048")
+        elif feature == "clip":
+            net = CLIPImageFeatures(clip)
+        else:
+            raise ValueError(f"unknown FD feature {feature!r}: use inception or clip")
+        fd_sets[feature] = FrechetSet(net.to(device), m.fid_radii).to(device)
+        fill_reference(fd_sets[feature], cfg, reference_path(cfg, feature, clip_name))
+    inception_score = None
+    if m.inception_score:
+        from torchmetrics.image.inception import InceptionScore
+        weights = find_inception_weights(m.get("inception_weights"))
+        inception_score = InceptionScore(
+            feature=InceptionFeatures(weights, "logits_unbiased"), splits=m.is_splits).to(device)
+    captioner = CaptionScorer(m.caps_model, device) if m.get("caps_model") else None
+    cosines, reads, nll, ntok = [], [], [], []
+    for lo in tqdm(range(0, len(prompts), m.batch_size), desc="score", unit="batch"):
+        idx = list(range(lo, min(lo + m.batch_size, len(prompts))))
+        images = read_images(out_dir, idx)
+        texts = [prompts[i].text for i in idx]
+        for fd in fd_sets.values():
+            fd.update(images, real=False)
+        if inception_score is not None:
+            inception_score.update(images.to(device))
+        if m.clip_score:
+            img_emb = clip.encode_image(images.to(device).float() / 127.5 - 1)
+            cosines.append((img_emb * clip.encode_text(texts)).sum(-1).cpu())
+        if m.shapes_attributes:
+            reads += [read_attributes(im.permute(1, 2, 0).numpy()) for im in images]
+        if captioner is not None:
+            s, n = captioner.token_nll([to_pil(im.float() / 127.5 - 1) for im in images], texts)
+            nll.append(s)
+            ntok.append(n)
+    metrics: dict[str, Any] = {}
+    for feature, fd in fd_sets.items():
+        prefix = "fid" if feature == "inception" else "fd_clip"
+        for radius, value in fd.compute().items():
+            metrics[f"{prefix}_{radius:g}" if radius else prefix] = round(value, 4)
+        metrics[f"{prefix}_real_images"] = fd.real_count()
+    if inception_score is not None:
+        torch.manual_seed(cfg.seed)  # IS shuffles before splitting
+        mean, std = inception_score.compute()
+        metrics.update(inception_score=round(float(mean), 4),
+                       inception_score_std=round(float(std), 4))
+    if cosines:
+        metrics.update({k: round(v, 4) for k, v in clip_scores(torch.cat(cosines)).items()})
+        metrics["clip_model"] = clip_name
+    if captioner is not None:
+        metrics.update(caps=round(caps_from_nll(torch.cat(nll), torch.cat(ntok)), 4),
+                       caps_model=captioner.name)
+    if reads:
+        metrics["attributes"] = attribute_accuracy(reads, prompts)
+    return metrics
+
+
+def write_report(report: dict[str, Any], out_dir: Path, count: int, grid_size: int = 64) -> None:
+    """report.json, report.md (one table) and grid.png (the first `grid_size` images)."""
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2))
+    rows = [(k, v) for k, v in report["metrics"].items() if not isinstance(v, dict)]
+    for group, by_key in report["metrics"].get("attributes", {}).items():
+        rows += [(f"{key} accuracy ({group}, n={r['n']})", r["accuracy"])
+                 for key, r in by_key.items()]
+    lines = [f"# {report['suite']} suite: {report['images']} images", "",
+             "| metric | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
+    (out_dir / "report.md").write_text("\n".join(lines) + "\n")
+    grid = read_images(out_dir, range(min(grid_size, count))).float() / 127.5 - 1
+    to_pil(make_grid(grid, nrow=8, padding=2, pad_value=1.0)).save(out_dir / "grid.png")
+
+
+def build_image_generator(cfg: DictConfig, device: torch.device) -> ImageGenerator:
+    """The generator named by `cfg.method`."""
+    if cfg.method == "clipgen":
+        return clipgen_image_generator(build_generator(cfg, device), cfg)
+    raise ValueError(f"unknown method {cfg.method!r}; expected clipgen")
+
+
+def run_suite(cfg: DictConfig) -> dict[str, Any] | None:
+    """The configured steps (`generate`, `metrics`) of one suite; returns the report when the
+    metrics step ran."""
+    torch.set_flush_denormal(True)
+    device = resolve_device(cfg.device)
+    prompts: list[EvalPrompt] = instantiate(cfg.suite.prompts)
+    if cfg.suite.get("limit"):
+        prompts = prompts[: int(cfg.suite.limit)]
+    out_dir = Path(cfg.out_dir)
+    rank, world = process_rank()
+    steps = list(cfg.steps)
+    unknown = set(steps) - {"generate", "metrics"}
+    if unknown:
+        raise ValueError(f"unknown steps {sorted(unknown)}: use generate and/or metrics")
+    if "generate" in steps:
+        made = generate_images(build_image_generator(cfg, device), prompts, out_dir,
+                               generator_settings(cfg), cfg.batch_size, cfg.seed, rank, world)
+        log.info("rank %d/%d generated %d images into %s", rank, world, made, out_dir)
+        if world > 1:
+            print(f"rank {rank}: generation share done; run steps=[metrics] once every rank "
+                  "has finished")
+            return None
+    if "metrics" not in steps:
+        return None
+    report = {"suite": cfg.suite.name, "images": len(prompts), "out_dir": str(out_dir),
+              "generator": generator_settings(cfg),
+              "metrics": score_images(cfg, prompts, out_dir, device)}
+    write_report(report, out_dir, len(prompts))
+    return report

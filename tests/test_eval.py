@@ -1,0 +1,266 @@
+"""Evaluation: Fréchet distances, blur, CLIP score, CapS, resumable generation, suites."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+from hydra import compose, initialize_config_dir
+from torch import nn
+
+from clipgen.evaluation.generation import generate_images, image_path, read_images
+from clipgen.evaluation.prompts import prompt_list, shapes_prompts
+from clipgen.evaluation.suite import attribute_accuracy, run_suite
+from clipgen.metrics.caps import CaptionScorer, caps_from_nll
+from clipgen.metrics.clip_score import clip_scores
+from clipgen.metrics.frechet import FrechetSet, blur_images, state_from_npz
+from clipgen.metrics.inception import InceptionFeatures, find_inception_weights
+from tests.helpers import write_tiny_bundle
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class ProjectPixels(nn.Module):
+    """Fixed random projection of downsampled pixels: a cheap deterministic feature network."""
+
+    def __init__(self, dim: int = 8) -> None:
+        super().__init__()
+        self.num_features = dim
+        self.register_buffer("w", torch.randn(3 * 4 * 4, dim, generator=torch.Generator()
+                                              .manual_seed(0)))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = nn.functional.adaptive_avg_pool2d(images.float() / 255, 4).flatten(1)
+        return x @ self.w
+
+
+def _random_images(n: int, seed: int, scale: float = 1.0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    x = 127.5 + scale * 60 * torch.randn(n, 3, 16, 16, generator=g)
+    return x.round().clamp(0, 255).to(torch.uint8)
+
+
+def _scipy_fid(a: np.ndarray, b: np.ndarray) -> float:
+    mu1, mu2 = a.mean(0), b.mean(0)
+    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    covmean = scipy.linalg.sqrtm(s1 @ s2).real
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * covmean))
+
+
+def test_fid_of_a_set_with_itself_is_zero_and_matches_scipy():
+    net = ProjectPixels()
+    real, fake = _random_images(200, 0), _random_images(200, 1, scale=1.6)
+    fd = FrechetSet(net)
+    fd.update(real, real=True)
+    fd.update(real, real=False)
+    assert abs(fd.compute()[0.0]) < 1e-3
+    fd.metrics[0.0].reset()  # keeps the real statistics
+    fd.update(fake, real=False)
+    want = _scipy_fid(net(real).double().numpy(), net(fake).double().numpy())
+    assert fd.compute()[0.0] == pytest.approx(want, rel=1e-4)
+
+
+def test_blur_smooths_images_and_shrinks_high_frequency_differences():
+    noise = _random_images(64, 0)
+    flat = torch.full((2, 3, 16, 16), 77, dtype=torch.uint8)
+    assert torch.equal(blur_images(flat, 2), flat)
+    assert torch.equal(blur_images(noise, 0), noise)
+    stds = [blur_images(noise, r).float().std().item() for r in (0, 1, 2, 4)]
+    assert stds == sorted(stds, reverse=True) and stds[-1] < 0.3 * stds[0]
+    # two noise sets that differ only in amplitude: blurring brings them closer
+    fd = FrechetSet(ProjectPixels(), radii=(0, 4))
+    fd.update(_random_images(128, 0), real=True)
+    fd.update(_random_images(128, 1, scale=2.0), real=False)
+    values = fd.compute()
+    assert values[4.0] < 0.5 * values[0.0]
+
+
+def test_reference_statistics_round_trip(tmp_path):
+    real, fake = _random_images(100, 0), _random_images(100, 1, scale=1.3)
+    a = FrechetSet(ProjectPixels(), radii=(0, 2))
+    a.update(real, real=True)
+    a.save_real(tmp_path / "ref.pt")
+    b = FrechetSet(ProjectPixels(), radii=(0, 2))
+    b.load_real(tmp_path / "ref.pt")
+    a.update(fake, real=False)
+    b.update(fake, real=False)
+    assert b.compute() == pytest.approx(a.compute())
+    # the same statistics as mean and covariance in a reference npz
+    feats = ProjectPixels()(real).double().numpy()
+    np.savez(tmp_path / "ref.npz", mu=feats.mean(0), sigma=np.cov(feats, rowvar=False))
+    c = FrechetSet(ProjectPixels())
+    c.load_real_state(state_from_npz(tmp_path / "ref.npz"))
+    c.update(fake, real=False)
+    assert c.compute()[0.0] == pytest.approx(a.compute()[0.0], rel=1e-6)
+
+
+def test_missing_inception_weights_name_the_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    with pytest.raises(FileNotFoundError, match="weights-inception-2015-12-05-6726825d.pth"):
+        find_inception_weights()
+
+
+def test_inception_loads_a_local_weights_file(tmp_path, monkeypatch):
+    from torch_fidelity import feature_extractor_inceptionv3 as fe
+
+    with mock.patch.object(fe, "load_state_dict_from_url", lambda *a, **k: {}), \
+            mock.patch.object(fe.FeatureExtractorInceptionV3, "load_state_dict",
+                              lambda self, sd: None):
+        random_net = fe.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
+    hub = tmp_path / "hub" / "checkpoints"
+    hub.mkdir(parents=True)
+    torch.save(random_net.state_dict(), hub / "weights-inception-2015-12-05-6726825d.pth")
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    net = InceptionFeatures(find_inception_weights(), "2048")
+    feats = net(_random_images(2, 0))
+    assert feats.shape == (2, 2048)
+    assert torch.allclose(net.net.fc.weight, random_net.fc.weight)
+
+
+def test_clip_score_conventions():
+    scores = clip_scores(torch.tensor([0.3, -0.1]))
+    assert scores["clip_score_hessel"] == pytest.approx(2.5 * 0.3 / 2)
+    assert scores["clip_score_100"] == pytest.approx(15.0)
+    assert scores["clip_cosine"] == pytest.approx(0.1)
+
+
+def _tiny_captioner(folder: Path) -> Path:
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import (GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast,
+                              ViTConfig, ViTImageProcessor, ViTModel, VisionEncoderDecoderModel)
+
+    words = ["<pad>", "<s>", "<unk>", "a", "red", "blue", "circle", "star", "on", "the", "left"]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>",
+                                        bos_token="<s>", unk_token="<unk>")
+    torch.manual_seed(0)
+    encoder = ViTModel(ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1,
+                                 num_attention_heads=2, intermediate_size=64))
+    decoder = GPT2LMHeadModel(GPT2Config(vocab_size=len(words), n_positions=32, n_embd=32,
+                                         n_layer=1, n_head=2, add_cross_attention=True,
+                                         bos_token_id=1, eos_token_id=1))
+    model = VisionEncoderDecoderModel(encoder=encoder, decoder=decoder)
+    model.config.decoder_start_token_id = 1
+    model.config.pad_token_id = 0
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
+    return folder
+
+
+@torch.no_grad()
+def test_caps_equals_a_hand_computation(tmp_path):
+    from PIL import Image
+
+    scorer = CaptionScorer(_tiny_captioner(tmp_path / "captioner"))
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8))
+              for _ in range(2)]
+    captions = ["a red circle on the left", "blue star"]
+    nll, ntok = scorer.token_nll(images, captions)
+    by_hand = []
+    for image, text in zip(images, captions):
+        ids = scorer.tokenizer(text).input_ids
+        pixels = scorer.processor(images=[image], return_tensors="pt").pixel_values
+        logp = 0.0
+        for t, token in enumerate(ids):  # feed the prefix, read the next token's probability
+            prefix = torch.tensor([[1] + ids[:t]])
+            logits = scorer.model(pixel_values=pixels, decoder_input_ids=prefix).logits
+            logp += logits[0, -1].log_softmax(-1)[token].item()
+        by_hand.append(np.exp(logp / len(ids)))
+    assert ntok.tolist() == [6, 2]
+    assert caps_from_nll(nll, ntok) == pytest.approx(float(np.mean(by_hand)), rel=1e-4)
+
+
+def test_caps_missing_model_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        CaptionScorer(tmp_path)
+
+
+class CountingGenerator:
+    """Images that encode (prompt, seed); raises after `fail_after` batches."""
+
+    def __init__(self, fail_after: int | None = None) -> None:
+        self.batches = 0
+        self.fail_after = fail_after
+
+    def __call__(self, prompts, seed):
+        if self.fail_after is not None and self.batches >= self.fail_after:
+            raise KeyboardInterrupt("killed")
+        self.batches += 1
+        g = torch.Generator().manual_seed(seed)
+        return torch.rand(len(prompts), 3, 8, 8, generator=g) * 2 - 1
+
+
+def test_interrupted_generation_resumes_without_regenerating(tmp_path):
+    prompts = prompt_list(["a red circle", "a blue star", "a green square"], repeats=3)  # 9
+    settings = {"method": "test"}
+    whole = tmp_path / "whole"
+    generate_images(CountingGenerator(), prompts, whole, settings, batch_size=2, progress=False)
+    part = tmp_path / "part"
+    with pytest.raises(KeyboardInterrupt):
+        generate_images(CountingGenerator(fail_after=3), prompts, part, settings, batch_size=2,
+                        progress=False)
+    assert len(list((part / "images").glob("*.png"))) == 6
+    resumed = CountingGenerator()
+    assert generate_images(resumed, prompts, part, settings, batch_size=2, progress=False) == 3
+    assert resumed.batches == 2
+    assert torch.equal(read_images(part, range(9)), read_images(whole, range(9)))
+    assert not list((part / "images").glob(".*tmp"))
+    with pytest.raises(ValueError, match="other prompts or settings"):
+        generate_images(CountingGenerator(), prompts, part, {"method": "other"}, batch_size=2)
+
+
+def test_generation_shards_split_the_work(tmp_path):
+    prompts = prompt_list(["a red circle"], repeats=7)
+    for rank in range(3):
+        generate_images(CountingGenerator(), prompts, tmp_path / "s", {}, batch_size=2,
+                        rank=rank, world_size=3, progress=False)
+    generate_images(CountingGenerator(), prompts, tmp_path / "one", {}, batch_size=2,
+                    progress=False)
+    assert torch.equal(read_images(tmp_path / "s", range(7)),
+                       read_images(tmp_path / "one", range(7)))
+
+
+def test_shapes_prompts_and_attribute_accuracy():
+    prompts = shapes_prompts(samples_per_combination=2,
+                             holdout=[{"color": "yellow", "shape": "triangle"}])
+    assert len(prompts) == 8 * 5 * 2
+    assert all(p.attributes["color"] in p.text and p.attributes["shape"] in p.text
+               for p in prompts)
+    assert sum(p.group == "heldout" for p in prompts) == 2
+    reads = [dict(p.attributes) for p in prompts]
+    reads[0]["color"] = "nothing"
+    acc = attribute_accuracy(reads, prompts)
+    assert acc["all"]["shape"]["accuracy"] == 1.0
+    assert acc["all"]["color"]["accuracy"] == pytest.approx(1 - 1 / 80)
+    assert acc["heldout"]["color_and_shape"] == {"accuracy": 1.0, "n": 2}
+
+
+def test_shapes_suite_writes_a_report_and_resumes(tmp_path):
+    bundle = write_tiny_bundle(tmp_path / "bundle")
+    overrides = [f"bundle={bundle}", "suite=shapes", "suite.limit=12", "batch_size=4",
+                 "suite.real.num_images=32", f"out_dir={tmp_path}/out",
+                 f"reference_dir={tmp_path}/ref", "device=cpu"]
+    with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("eval", overrides=overrides)
+    report = run_suite(cfg)
+    out = tmp_path / "out"
+    assert {"report.json", "report.md", "grid.png", "manifest.json"} <= {
+        p.name for p in out.iterdir()}
+    metrics = report["metrics"]
+    assert metrics["fd_clip_real_images"] == 32 and metrics["fd_clip"] > 0
+    assert 0 <= metrics["attributes"]["all"]["color"]["accuracy"] <= 1
+    assert metrics["attributes"]["all"]["color"]["n"] == 12
+    assert "clip_score_hessel" in json.loads((out / "report.json").read_text())["metrics"]
+    assert len(list((tmp_path / "ref").glob("shapes-clip-*.pt"))) == 1
+    first = image_path(out, 0).stat().st_mtime_ns
+    again = run_suite(cfg)  # nothing left to generate; the reference comes from the cache
+    assert image_path(out, 0).stat().st_mtime_ns == first
+    assert again["metrics"]["fd_clip"] == pytest.approx(metrics["fd_clip"])
