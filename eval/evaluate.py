@@ -15,7 +15,6 @@ from clipgen.checkpoint import CheckpointMismatchError
 from clipgen.evaluation.suite import run_suite
 
 
-
 @hydra.main(version_base="1.3", config_path="../configs", config_name="eval")
 def main(cfg: DictConfig) -> None:
     try:

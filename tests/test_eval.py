@@ -131,8 +131,15 @@ def test_clip_score_conventions():
 
 def _tiny_captioner(folder: Path) -> Path:
     from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import (GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast,
-                              ViTConfig, ViTImageProcessor, ViTModel, VisionEncoderDecoderModel)
+    from transformers import (
+        GPT2Config,
+        GPT2LMHeadModel,
+        PreTrainedTokenizerFast,
+        VisionEncoderDecoderModel,
+        ViTConfig,
+        ViTImageProcessor,
+        ViTModel,
+    )
 
     words = ["<pad>", "<s>", "<unk>", "a", "red", "blue", "circle", "star", "on", "the", "left"]
     tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
