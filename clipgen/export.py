@@ -43,12 +43,20 @@ def portable_config(run_config: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in run_config.items() if k not in ("run_dir", "logger")}
 
 
-def export_checkpoint(path: str | Path, out_dir: str | Path, use_ema: bool = True) -> Path:
-    """Write `<stage>.safetensors` and `<stage>.yaml` into `out_dir`; return the weights path."""
+def export_checkpoint(path: str | Path, out_dir: str | Path, use_ema: bool = True,
+                      half: bool = False) -> Path:
+    """Write `<stage>.safetensors` and `<stage>.yaml` into `out_dir`; return the weights path.
+    `half` stores floating-point weights as fp16 (half the size; loaders cast them back)."""
     checkpoint = load_torch_file(path)
     meta = clipgen_metadata(checkpoint, path)
     stage = meta["stage"]
     weights = stage_weights(checkpoint, stage, use_ema)
+    if half:
+        if stage != "gpt":
+            raise ValueError(
+                f"--half applies to the prior only: a {stage} rounded to fp16 would no longer "
+                "match the fingerprint that priors trained with it record")
+        weights = {k: v.half() if v.is_floating_point() else v for k, v in weights.items()}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     target = out / f"{stage}.safetensors"
@@ -72,8 +80,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("checkpoint", help="a clipgen training checkpoint (.ckpt)")
     parser.add_argument("out_dir", help="folder for <stage>.safetensors and <stage>.yaml")
     parser.add_argument("--no-ema", action="store_true", help="export raw, not EMA, weights")
+    parser.add_argument("--half", action="store_true",
+                        help="store the prior's weights as fp16 (gpt exports only)")
     args = parser.parse_args(argv)
-    target = export_checkpoint(args.checkpoint, args.out_dir, use_ema=not args.no_ema)
+    target = export_checkpoint(args.checkpoint, args.out_dir, use_ema=not args.no_ema,
+                               half=args.half)
     print(f"wrote {target} and {target.with_suffix('.yaml')}")
 
 

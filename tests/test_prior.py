@@ -6,6 +6,7 @@ from torch.utils.data import DataLoader
 from clipgen.data.datamodule import ImageTextDataModule, collate_samples
 from clipgen.data.precomputed import PrecomputedDataset, encode_batch, write_cache_part
 from clipgen.data.shapes_dataset import ShapesDataset
+from clipgen.export import export_checkpoint
 from clipgen.lit.prior import (
     PriorModule,
     PriorTrainConfig,
@@ -157,3 +158,18 @@ def test_checkpoint_records_encoders_and_rejects_another_tokenizer(encoders, tmp
     other_vq, _ = write_tiny_encoders(tmp_path / "other", seed=1)
     with pytest.raises(ValueError, match="made with other encoders"):
         load_prior(tmp_path / "gpt.ckpt", load_vqgan(other_vq), clip)
+
+
+def test_half_export_of_the_prior_loads_back(encoders, tmp_path):
+    module = _module(encoders)
+    trainer = pl.Trainer(max_steps=0, logger=False, enable_checkpointing=False,
+                         accelerator="cpu")
+    trainer.strategy.connect(module)
+    trainer.save_checkpoint(tmp_path / "gpt.ckpt")
+    full = export_checkpoint(tmp_path / "gpt.ckpt", tmp_path / "full")
+    half = export_checkpoint(tmp_path / "gpt.ckpt", tmp_path / "half", half=True)
+    assert half.stat().st_size < 0.6 * full.stat().st_size
+    vqgan, clip, _ = encoders
+    prior = load_prior(half, vqgan, clip)
+    assert prior.cond_proj.weight.dtype == torch.float32
+    assert torch.equal(prior.cond_proj.weight, module.prior.cond_proj.weight.half().float())
