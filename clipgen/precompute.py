@@ -12,7 +12,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, IterableDataset, Subset
 
 from clipgen.data.datamodule import collate_samples
-from clipgen.data.precomputed import process_rank, write_cache_part
+from clipgen.data.precomputed import write_cache_part
+from clipgen.distributed import process_rank
 from clipgen.models.clip import FrozenCLIP
 from clipgen.models.vqgan import load_vqgan
 

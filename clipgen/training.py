@@ -6,29 +6,76 @@ import logging
 from pathlib import Path
 
 import hydra
+import hydra.errors
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.loggers import CSVLogger, Logger
 
+from clipgen.checkpoint_io import AtomicCheckpointIO
 from clipgen.data.datamodule import LogSkippedSamples
+from clipgen.run_info import effective_batch, git_commit
 from clipgen.stages import build_stage
 
 log = logging.getLogger(__name__)
 
 
 def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> str | None:
-    """`last` means run_dir/checkpoints/last.ckpt when it exists (a fresh start otherwise)."""
+    """`last` means the newest of run_dir/checkpoints/last.ckpt and the checkpoints Lightning
+    writes on a SLURM preemption signal (run_dir/hpc_ckpt_*.ckpt); a fresh start when there is
+    none."""
     if ckpt_path != "last":
         if ckpt_path is not None and not Path(ckpt_path).is_file():
             raise FileNotFoundError(f"checkpoint to resume from not found: {ckpt_path}")
         return ckpt_path
-    last = run_dir / "checkpoints" / "last.ckpt"
-    if last.is_file():
-        log.info("resuming from %s", last)
-        return str(last)
-    log.info("no %s yet: starting fresh", last)
+    found = [p for p in [run_dir / "checkpoints" / "last.ckpt", *run_dir.glob("hpc_ckpt_*.ckpt")]
+             if p.is_file()]
+    if found:
+        newest = max(found, key=lambda p: p.stat().st_mtime)
+        log.info("resuming from %s", newest)
+        return str(newest)
+    log.info("no checkpoint in %s yet: starting fresh", run_dir)
     return None
+
+
+class RunSummary(pl.Callback):
+    """Print, at the start of fit, the effective batch size, the base learning rates and the
+    code version."""
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        batch = getattr(trainer.datamodule, "batch_size", None)
+        lines = [f"code: {git_commit()}"]
+        if batch is not None:
+            eff = effective_batch(batch, trainer.num_devices, trainer.num_nodes,
+                                  trainer.accumulate_grad_batches)
+            lines.append(f"effective batch size {eff['effective']} = {batch} per device x "
+                         f"{eff['devices']} devices x {eff['num_nodes']} nodes x "
+                         f"{eff['accumulate_grad_batches']} accumulated")
+        for i, opt in enumerate(trainer.optimizers):
+            rates = sorted({g.get("initial_lr", g["lr"]) for g in opt.param_groups})
+            lines.append(f"optimizer {i} ({type(opt).__name__}): base learning rate "
+                         f"{', '.join(f'{r:.3g}' for r in rates)}")
+        for line in lines:
+            print(line)
+            log.info(line)
+
+
+def build_logger(cfg: DictConfig) -> Logger | bool:
+    """The configured logger; when wandb cannot start (not installed, or its service fails),
+    a CSV logger in the run folder instead, with a warning saying why."""
+    if not cfg.get("logger"):
+        return False
+    try:
+        return hydra.utils.instantiate(cfg.logger)
+    except (ImportError, ModuleNotFoundError, hydra.errors.InstantiationException) as error:
+        if "Wandb" not in str(cfg.logger.get("_target_", "")):
+            raise
+        log.warning("wandb logger unavailable (%s): logging to CSV in %s/logs instead",
+                    error, cfg.run_dir)
+        return CSVLogger(save_dir=cfg.run_dir, name="logs")
 
 
 def run_training(cfg: DictConfig) -> pl.Trainer:
@@ -38,16 +85,22 @@ def run_training(cfg: DictConfig) -> pl.Trainer:
     run_dir = Path(cfg.run_dir)
     module = build_stage(cfg)
     datamodule = hydra.utils.instantiate(cfg.data)
-    logger = hydra.utils.instantiate(cfg.logger) if cfg.get("logger") else False
+    logger = build_logger(cfg)
+    overrides = {}
+    if cfg.trainer.get("strategy") == "ddp" and getattr(module, "ddp_unused_parameters", False):
+        overrides["strategy"] = "ddp_find_unused_parameters_true"
+        log.info("stage %s: DDP with unused-parameter detection", cfg.stage)
     checkpoints = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True,
                                   every_n_train_steps=cfg.checkpoint_every_n_steps,
                                   save_top_k=-1 if cfg.get("keep_all_checkpoints") else 1)
     trainer: pl.Trainer = hydra.utils.instantiate(
-        cfg.trainer, logger=logger, callbacks=[checkpoints, LogSkippedSamples()],
-        default_root_dir=str(run_dir))
+        cfg.trainer, logger=logger, callbacks=[checkpoints, LogSkippedSamples(), RunSummary()],
+        plugins=[AtomicCheckpointIO()], default_root_dir=str(run_dir), **overrides)
     if logger:
-        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-    trainer.fit(module, datamodule=datamodule,
+        logger.log_hyperparams({**OmegaConf.to_container(cfg, resolve=True),
+                                "git": git_commit()})
+    model = torch.compile(module) if cfg.get("compile") else module
+    trainer.fit(model, datamodule=datamodule,
                 ckpt_path=resolve_ckpt_path(cfg.get("ckpt_path"), run_dir))
     log.info("run folder: %s", run_dir)
     return trainer

@@ -6,7 +6,10 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset, IterableDataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
+
+from clipgen.data.resumable import ResumableSampler
+from clipgen.distributed import process_rank
 
 
 def collate_samples(batch: list[dict | None]) -> dict[str, Any]:
@@ -30,11 +33,16 @@ def collate_samples(batch: list[dict | None]) -> dict[str, Any]:
 
 
 class ImageTextDataModule(pl.LightningDataModule):
-    """Train and validation loaders over datasets built from config (`_target_` entries)."""
+    """Train and validation loaders over datasets built from config (`_target_` entries).
+
+    Map-style training sets are read through a `ResumableSampler` (split across ranks by
+    itself, so trainers run with `use_distributed_sampler=False`); the data position (epoch and
+    batches done in it) is stored in every checkpoint and restored on resume. Streaming sets
+    (webdataset) resume at epoch level: the shard order of an epoch starts over."""
 
     def __init__(self, train: Dataset, val: Dataset | None = None, batch_size: int = 32,
                  val_batch_size: int | None = None, num_workers: int = 0,
-                 pin_memory: bool = False) -> None:
+                 pin_memory: bool = False, seed: int = 0) -> None:
         super().__init__()
         self.train_set = train
         self.val_set = val
@@ -42,21 +50,42 @@ class ImageTextDataModule(pl.LightningDataModule):
         self.val_batch_size = val_batch_size or batch_size
         self.num_workers = num_workers
         self.pin_memory = pin_memory
+        self.seed = seed
+        self._resume: tuple[int, int] | None = None
 
-    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
-        streaming = isinstance(dataset, IterableDataset)
-        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and not streaming,
+    def _loader(self, dataset: Dataset, batch_size: int, sampler: Sampler | None = None,
+                drop_last: bool = False) -> DataLoader:
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler,
                           num_workers=self.num_workers, pin_memory=self.pin_memory,
-                          collate_fn=collate_samples, drop_last=shuffle and not streaming,
+                          collate_fn=collate_samples, drop_last=drop_last,
                           persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, self.batch_size, shuffle=True)
+        if isinstance(self.train_set, IterableDataset):
+            return self._loader(self.train_set, self.batch_size)
+        rank, world = process_rank()
+        sampler = ResumableSampler(len(self.train_set), self.batch_size, self.seed, True,
+                                   rank, world)
+        if self._resume is not None:
+            sampler.resume(*self._resume)
+        return self._loader(self.train_set, self.batch_size, sampler, drop_last=True)
 
     def val_dataloader(self) -> DataLoader | list:
         if self.val_set is None:
             return []
-        return self._loader(self.val_set, self.val_batch_size, shuffle=False)
+        return self._loader(self.val_set, self.val_batch_size)
+
+    def state_dict(self) -> dict[str, int]:
+        """The data position: the epoch and the batches trained in it so far."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return {}
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return {"epoch": int(trainer.current_epoch), "batches": int(done)}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        if state:
+            self._resume = (int(state["epoch"]), int(state["batches"]))
 
     def skipped(self) -> int:
         """Samples skipped as unreadable so far, over every dataset and worker."""

@@ -8,7 +8,6 @@ With `flip`, every image is also stored horizontally flipped (as in CLIP-GEN's t
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -37,16 +36,6 @@ def encode_batch(images: torch.Tensor, vqgan: VQGAN, clip: FrozenCLIP
     """(B, 3, H, W) images in [-1, 1] to ((B, h*w) tokens, (B, D) CLIP image embeddings)."""
     tokens = vqgan.encode_to_tokens(images).flatten(1)
     return tokens, clip.encode_image(images)
-
-
-def process_rank() -> tuple[int, int]:
-    """(rank, world size) from torch.distributed, SLURM or torchrun's environment."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    for rank_var, world_var in (("RANK", "WORLD_SIZE"), ("SLURM_PROCID", "SLURM_NTASKS")):
-        if rank_var in os.environ and world_var in os.environ:
-            return int(os.environ[rank_var]), int(os.environ[world_var])
-    return 0, 1
 
 
 def write_cache_part(batches: Iterable[dict], vqgan: VQGAN, clip: FrozenCLIP, out_dir: str | Path,

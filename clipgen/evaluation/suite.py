@@ -17,8 +17,8 @@ from omegaconf import DictConfig, OmegaConf
 from torchvision.utils import make_grid
 from tqdm import tqdm
 
-from clipgen.data.precomputed import process_rank
 from clipgen.data.transforms import to_pil
+from clipgen.distributed import process_rank
 from clipgen.evaluation.generation import (
     ImageGenerator,
     generate_images,

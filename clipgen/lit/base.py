@@ -14,6 +14,7 @@ from torchvision.utils import make_grid
 
 from clipgen.checkpoint import package_versions
 from clipgen.data.transforms import to_pil
+from clipgen.run_info import git_commit
 
 
 class ClipgenModule(pl.LightningModule):
@@ -21,14 +22,17 @@ class ClipgenModule(pl.LightningModule):
     installed package versions are stored in every checkpoint under `clipgen`."""
 
     stage: str = ""
+    ddp_unused_parameters: bool = False  # some parameters get no gradient in some steps
 
     def __init__(self, run_config: dict[str, Any] | None = None) -> None:
         super().__init__()
         self.run_config = run_config or {}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if not hasattr(self, "_code_version"):
+            self._code_version = git_commit()
         checkpoint["clipgen"] = {"stage": self.stage, "config": self.run_config,
-                                 "versions": package_versions()}
+                                 "versions": package_versions(), "git": self._code_version}
 
     @rank_zero_only
     def log_image_grid(self, name: str, images: torch.Tensor, nrow: int, step: int | None = None

@@ -47,6 +47,7 @@ class PriorTrainConfig:
     max_steps: int = 100000
     sample_prompts: list[str] = field(default_factory=list)
     sampling: dict[str, Any] = field(default_factory=dict)
+    activation_checkpointing: bool = False  # recompute GPT-2 block activations in backward
 
 
 def perturb_condition(cond: torch.Tensor, level: float,
@@ -105,6 +106,9 @@ class PriorModule(ClipgenModule):
                 raise ValueError(f"prior {key}={value} but the encoders give "
                                  f"{self.identity[key]}")
         self.prior = CLIPPrior(prior)
+        if train.activation_checkpointing:
+            self.prior.gpt.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False})
         self.encoders = FrozenEncoders(vqgan, clip)
         self.cfg = train
         self.sampling = SamplingConfig(**train.sampling)

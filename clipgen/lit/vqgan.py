@@ -81,6 +81,8 @@ def codebook_stats(counts: torch.Tensor) -> tuple[float, float]:
 
 class VQGANModule(ClipgenModule):
     stage = "vqgan"
+    # the generator step leaves the discriminator without gradients (and vice versa)
+    ddp_unused_parameters = True
 
     def __init__(self, model: VQGANConfig, loss: VQGANLossConfig, lr: float = 4.5e-6,
                  betas: tuple[float, float] = (0.5, 0.9), ema_decay: float | None = None,

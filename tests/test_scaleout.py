@@ -1,0 +1,178 @@
+"""Scale-out: DDP on CPU, resume after SIGKILL, data position, atomic checkpoints, SLURM."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from unittest import mock
+
+import pytest
+import torch
+
+from clipgen.checkpoint import load_torch_file
+from clipgen.checkpoint_io import AtomicCheckpointIO
+from clipgen.data.precomputed import write_cache_part
+from clipgen.data.resumable import ResumableSampler
+from clipgen.data.shapes_dataset import ShapesDataset
+from clipgen.models.clip import FrozenCLIP
+from clipgen.models.vqgan import load_vqgan
+from clipgen.training import resolve_ckpt_path
+from tests.helpers import CLIP_ARCH, write_tiny_bundle
+
+ROOT = Path(__file__).resolve().parent.parent
+COMMON = ["trainer.enable_progress_bar=false", "trainer.limit_val_batches=1",
+          "data.val.length=8", "trainer.log_every_n_steps=1", "logger=csv"]
+TINY = {
+    "vqgan": ["experiment=shapes_vqgan", "resolution=16", "data.train.length=64",
+              "data.batch_size=4", "data.val_batch_size=4", "model.image_log_every=0",
+              "model.loss.disc_start=1000"],
+    "clip": ["experiment=shapes_clip", "data.train.length=64", "data.batch_size=8"],
+}
+
+
+def _train(args: list[str], cwd: Path, **kwargs) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            **kwargs)
+
+
+def _gpt_args(tmp_path: Path) -> list[str]:
+    bundle = write_tiny_bundle(tmp_path / "bundle")
+    vqgan = load_vqgan(bundle / "vqgan.safetensors")
+    clip = FrozenCLIP(CLIP_ARCH, str(bundle / "clip.safetensors"))
+    data = ShapesDataset(24, image_size=16)
+    for split in ("train", "val"):
+        batches = [{"image": torch.stack([data[i]["image"] for i in range(j, j + 8)])}
+                   for j in range(0, 24, 8)]
+        write_cache_part(batches, vqgan, clip, tmp_path / "cache" / split)
+    return ["experiment=shapes_gpt", "resolution=16", f"bundle_dir={bundle}",
+            f"cache_dir={tmp_path / 'cache'}", "data.batch_size=4", "model.prior.n_layer=1",
+            "model.prior.n_embd=32", "model.prior.n_head=2", "model.train.sample_prompts=[]",
+            "data.val.length=null"]
+
+
+@pytest.mark.parametrize("stage", ["vqgan", "clip", "gpt"])
+def test_two_process_ddp_on_cpu(stage, tmp_path):
+    args = _gpt_args(tmp_path) if stage == "gpt" else TINY[stage]
+    common = [c for c in COMMON if not (stage == "gpt" and c.startswith("data.val.length"))]
+    run_dir = tmp_path / "run"
+    proc = _train([*args, *common, "trainer.max_steps=3", "trainer.val_check_interval=3",
+                   "trainer.devices=2", "trainer.strategy=ddp", f"hydra.run.dir={run_dir}"],
+                  cwd=tmp_path)
+    out, _ = proc.communicate(timeout=400)
+    assert proc.returncode == 0, out[-3000:]
+    assert "effective batch size" in out and "x 2 devices" in out
+    ckpt = load_torch_file(run_dir / "checkpoints" / "last.ckpt")
+    assert ckpt["global_step"] == 3
+    assert ckpt["clipgen"]["stage"] == stage
+
+
+def _logged_losses(run_dir: Path) -> dict[int, float]:
+    losses = {}
+    for path in sorted(run_dir.glob("logs/version_*/metrics.csv")):
+        with open(path) as f:
+            for row in csv.DictReader(f):
+                value = row.get("train/loss") or row.get("train/rec_loss")
+                if value:
+                    losses[int(row["step"])] = float(value)
+    return losses
+
+
+def test_sigkilled_training_resumes_to_the_same_step_count(tmp_path):
+    run_dir = tmp_path / "run"
+    args = [*TINY["vqgan"], *COMMON, "trainer.max_steps=40", "trainer.val_check_interval=40",
+            "checkpoint_every_n_steps=5", "ckpt_path=last", f"hydra.run.dir={run_dir}"]
+    proc = _train(args, cwd=tmp_path)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if last.is_file() and load_torch_file(last)["global_step"] >= 10:
+            break
+        time.sleep(0.5)
+    assert proc.poll() is None, "training ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    killed_at = load_torch_file(last)
+    step = killed_at["global_step"]
+    assert 10 <= step < 40
+    position = killed_at["ImageTextDataModule"]
+    assert position["epoch"] * 16 + position["batches"] == step  # 64 samples / batch 4
+    before = _logged_losses(run_dir)
+    resumed = _train(args, cwd=tmp_path)
+    out, _ = resumed.communicate(timeout=400)
+    assert resumed.returncode == 0, out[-3000:]
+    assert load_torch_file(last)["global_step"] == 40
+    after = {k: v for k, v in _logged_losses(run_dir).items() if k not in before}
+    assert min(after) >= step - 1  # the resumed run logs from where it stopped
+    first_losses = [before[k] for k in sorted(before)[:3]]
+    assert after[min(after)] < max(first_losses)  # continuing, not starting over
+
+
+def test_resumable_sampler_skips_what_was_done_and_splits_ranks():
+    full = list(ResumableSampler(50, batch_size=4, seed=3))
+    assert sorted(full) == list(range(50))
+    resumed = ResumableSampler(50, batch_size=4, seed=3)
+    resumed.resume(epoch=0, batches=5)
+    assert list(resumed) == full[20:]
+    assert list(resumed) == full  # the skip applies once
+    resumed.set_epoch(1)
+    assert list(resumed) != full
+    shards = [list(ResumableSampler(50, 4, seed=3, rank=r, world_size=3)) for r in range(3)]
+    assert all(len(s) == 16 for s in shards)
+    assert not set(shards[0]) & set(shards[1]) and not set(shards[1]) & set(shards[2])
+
+
+def test_interrupted_checkpoint_write_keeps_the_previous_one(tmp_path):
+    io = AtomicCheckpointIO()
+    path = tmp_path / "last.ckpt"
+    io.save_checkpoint({"global_step": 5, "w": torch.ones(3)}, path)
+
+    def dying_save(obj, f, *args, **kwargs):
+        f.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    with mock.patch("torch.save", dying_save), pytest.raises(OSError, match="disk full"):
+        io.save_checkpoint({"global_step": 6, "w": torch.zeros(3)}, path)
+    assert load_torch_file(path)["global_step"] == 5
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+
+
+def test_resume_picks_the_newest_checkpoint(tmp_path):
+    assert resolve_ckpt_path("last", tmp_path) is None
+    (tmp_path / "checkpoints").mkdir()
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    last.write_bytes(b"x")
+    assert resolve_ckpt_path("last", tmp_path) == str(last)
+    hpc = tmp_path / "hpc_ckpt_1.ckpt"  # written by Lightning on SLURM's signal
+    hpc.write_bytes(b"x")
+    os.utime(last, (time.time() - 60, time.time() - 60))
+    assert resolve_ckpt_path("last", tmp_path) == str(hpc)
+    with pytest.raises(FileNotFoundError):
+        resolve_ckpt_path(str(tmp_path / "nothing.ckpt"), tmp_path)
+
+
+SBATCH = sorted((ROOT / "slurm").glob("*.sbatch"))
+
+
+@pytest.mark.parametrize("script", SBATCH, ids=[p.name for p in SBATCH])
+def test_slurm_scripts_parse(script):
+    subprocess.run(["bash", "-n", str(script)], check=True)
+
+
+def test_slurm_dry_run_prints_the_srun_command():
+    env = {**os.environ, "DRY_RUN": "1", "SLURM_JOB_NUM_NODES": "2", "SLURM_GPUS_ON_NODE": "4",
+           "SLURM_JOB_NAME": "g", "SLURM_JOB_ID": "77"}
+    env.pop("SLURM_SUBMIT_DIR", None)
+    out = subprocess.run(["bash", str(ROOT / "slurm" / "gpt.sbatch"),
+                          "experiment=coco_gpt2_medium", "model.train.lr=1e-4"],
+                         env=env, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == (
+        "srun --nodes=2 --ntasks-per-node=4 --kill-on-bad-exit=1 python train.py stage=gpt "
+        "experiment=coco_gpt2_medium model.train.lr=1e-4 trainer=ddp trainer.devices=4 "
+        "trainer.num_nodes=2 ckpt_path=last hydra.run.dir=outputs/slurm/g-77")
