@@ -53,8 +53,7 @@ def _gpt_args(tmp_path: Path) -> list[str]:
         write_cache_part(batches, vqgan, clip, tmp_path / "cache" / split)
     return ["experiment=shapes_gpt", "resolution=16", f"bundle_dir={bundle}",
             f"cache_dir={tmp_path / 'cache'}", "data.batch_size=4", "model.prior.n_layer=1",
-            "model.prior.n_embd=32", "model.prior.n_head=2", "model.train.sample_prompts=[]",
-            "data.val.length=null"]
+            "model.prior.n_embd=32", "model.prior.n_head=2", "model.train.sample_prompts=[]"]
 
 
 @pytest.mark.parametrize("stage", ["vqgan", "clip", "gpt"])
