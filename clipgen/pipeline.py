@@ -49,7 +49,7 @@ class TextToImage:
     def __init__(self, vqgan: VQGAN, clip: FrozenCLIP, prior: CLIPPrior,
                  device: str | torch.device = "cpu") -> None:
         self.device = torch.device(device)
-        self.vqgan = vqgan.to(self.device).eval()
+        self.vqgan = vqgan.to(self.device).eval().requires_grad_(False)
         self.clip = clip.to(self.device).eval()
         self.prior = prior.to(self.device).eval()
 

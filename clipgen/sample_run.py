@@ -14,8 +14,8 @@ from PIL import Image
 from torchvision.utils import make_grid
 
 from clipgen.data.transforms import image_transform, to_pil
+from clipgen.methods import METHODS, generate_by_method, save_animation
 from clipgen.pipeline import TextToImage, default_bundle
-from clipgen.sampling import SamplingConfig
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,24 @@ def build_generator(cfg: DictConfig, device: torch.device) -> TextToImage:
     return TextToImage.from_bundle(cfg.get("bundle") or default_bundle(), device)
 
 
+def method_settings(cfg: DictConfig) -> dict:
+    """The config section of the chosen method: `sampling`, `optimize` or `evolve`."""
+    method = cfg.get("method", "clipgen")
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
+    section = "sampling" if method == "clipgen" else method
+    return OmegaConf.to_container(cfg[section], resolve=True)
+
+
+def read_image(path: str, generator: TextToImage) -> torch.Tensor:
+    """An image file as a (1, 3, R, R) tensor in [-1, 1] at the VQGAN's resolution."""
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"input image {file} not found")
+    with Image.open(file) as img:
+        return image_transform(generator.vqgan.config.resolution)(img.convert("RGB"))[None]
+
+
 def slug(text: str, limit: int = 40) -> str:
     return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")[:limit] or "prompt"
 
@@ -63,24 +81,29 @@ def run_sampling(cfg: DictConfig) -> Path:
     torch.set_flush_denormal(True)
     device = resolve_device(cfg.device)
     generator = build_generator(cfg, device)
-    sampling = SamplingConfig(**OmegaConf.to_container(cfg.sampling, resolve=True))
+    method = cfg.get("method", "clipgen")
     if cfg.get("image"):
-        path = Path(cfg.image)
-        if not path.is_file():
-            raise FileNotFoundError(f"input image {path} not found")
-        with Image.open(path) as img:
-            pixels = image_transform(generator.vqgan.config.resolution)(img.convert("RGB"))
-        labels = [f"variations of {path.name}"]
-        cond = generator.image_conditions(pixels[None])
+        if method != "clipgen":
+            raise ValueError("image= gives variations with method=clipgen; to start "
+                             f"{method} from an image use init_image=")
+        labels = [f"variations of {Path(cfg.image).name}"]
+        cond = generator.image_conditions(read_image(cfg.image, generator))
     else:
         labels = read_prompts(cfg)
         cond = generator.text_conditions(labels)
-    results = generator.generate(cond, n_candidates=max(cfg.n_candidates, cfg.samples_per_prompt),
-                                 keep=cfg.samples_per_prompt, sampling=sampling, seed=cfg.seed,
-                                 batch_size=cfg.batch_size, progress=True)
+    init = None
+    if cfg.get("init_image"):
+        if method != "optimize":
+            raise ValueError("init_image= is a start point for method=optimize")
+        init = read_image(cfg.init_image, generator)
+    results, frames = generate_by_method(
+        generator, method, cond, keep=cfg.samples_per_prompt, settings=method_settings(cfg),
+        seed=cfg.seed, n_candidates=cfg.n_candidates, batch_size=cfg.batch_size,
+        init_images=init, progress=True)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    settings = {"sampling": OmegaConf.to_container(cfg.sampling, resolve=True),
+    section = "sampling" if method == "clipgen" else method
+    settings = {"method": method, section: method_settings(cfg),
                 "n_candidates": cfg.n_candidates, "batch_size": cfg.batch_size}
     with open(out / "samples.jsonl", "w") as records:
         for i, (label, result) in enumerate(zip(labels, results)):
@@ -96,6 +119,8 @@ def run_sampling(cfg: DictConfig) -> Path:
                     "settings": settings}) + "\n")
             grid = make_grid(result.images, nrow=len(result.images), padding=2, pad_value=1.0)
             to_pil(grid).save(out / f"{name}_grid.png")
+            if frames[i]:
+                save_animation(frames[i], out / f"{name}_progress.gif")
     log.info("wrote %d prompts to %s", len(labels), out)
     print(f"samples written to {out}")
     return out

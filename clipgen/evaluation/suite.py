@@ -26,6 +26,7 @@ from clipgen.evaluation.generation import (
     read_images,
 )
 from clipgen.evaluation.prompts import EvalPrompt
+from clipgen.methods import generate_by_method
 from clipgen.metrics.caps import CaptionScorer, caps_from_nll
 from clipgen.metrics.clip_score import clip_scores
 from clipgen.metrics.frechet import CLIPImageFeatures, FrechetSet, state_from_npz
@@ -33,8 +34,7 @@ from clipgen.metrics.inception import InceptionFeatures, find_inception_weights
 from clipgen.metrics.shapes_reader import read_attributes
 from clipgen.models.clip import FrozenCLIP
 from clipgen.pipeline import TextToImage, default_bundle
-from clipgen.sample_run import build_generator, resolve_device
-from clipgen.sampling import SamplingConfig
+from clipgen.sample_run import build_generator, method_settings, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -47,18 +47,19 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
 def generator_settings(cfg: DictConfig) -> dict[str, Any]:
     """What the images depend on: recorded in the folder's manifest."""
     return {"method": cfg.method, "model": {k: str(cfg.get(k)) for k in ("bundle", "vqgan", "gpt")},
-            "sampling": OmegaConf.to_container(cfg.sampling, resolve=True),
-            "n_candidates": cfg.n_candidates, "batch_size": cfg.batch_size, "seed": cfg.seed}
+            "settings": method_settings(cfg), "n_candidates": cfg.n_candidates,
+            "batch_size": cfg.batch_size, "seed": cfg.seed}
 
 
-def clipgen_image_generator(pipe: TextToImage, cfg: DictConfig) -> ImageGenerator:
-    """CLIP-GEN sampling: text embedding -> prior -> VQGAN, best of n_candidates by CLIP."""
-    sampling = SamplingConfig(**OmegaConf.to_container(cfg.sampling, resolve=True))
+def method_image_generator(pipe: TextToImage, cfg: DictConfig) -> ImageGenerator:
+    """One image per prompt from the configured method (best of n_candidates by CLIP for
+    clipgen sampling)."""
 
     def generate(prompts: Sequence[str], seed: int) -> torch.Tensor:
-        results = pipe.generate(pipe.text_conditions(prompts), n_candidates=cfg.n_candidates,
-                                keep=1, sampling=sampling, seed=seed,
-                                batch_size=len(prompts) * cfg.n_candidates)
+        results, _ = generate_by_method(pipe, cfg.method, pipe.text_conditions(prompts), keep=1,
+                                        settings=method_settings(cfg), seed=seed,
+                                        n_candidates=cfg.n_candidates,
+                                        batch_size=len(prompts) * cfg.n_candidates)
         return torch.cat([r.images for r in results])
     return generate
 
@@ -220,10 +221,9 @@ def write_report(report: dict[str, Any], out_dir: Path, count: int, grid_size: i
 
 
 def build_image_generator(cfg: DictConfig, device: torch.device) -> ImageGenerator:
-    """The generator named by `cfg.method`."""
-    if cfg.method == "clipgen":
-        return clipgen_image_generator(build_generator(cfg, device), cfg)
-    raise ValueError(f"unknown method {cfg.method!r}; expected clipgen")
+    """The generator named by `cfg.method` over the configured models."""
+    method_settings(cfg)  # an unknown method fails before any model loads
+    return method_image_generator(build_generator(cfg, device), cfg)
 
 
 def run_suite(cfg: DictConfig) -> dict[str, Any] | None:
