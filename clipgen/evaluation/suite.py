@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -240,9 +241,16 @@ def run_suite(cfg: DictConfig) -> dict[str, Any] | None:
     unknown = set(steps) - {"generate", "metrics"}
     if unknown:
         raise ValueError(f"unknown steps {sorted(unknown)}: use generate and/or metrics")
+    timing: dict[str, float] = {}
     if "generate" in steps:
-        made = generate_images(build_image_generator(cfg, device), prompts, out_dir,
-                               generator_settings(cfg), cfg.batch_size, cfg.seed, rank, world)
+        image_generator = build_image_generator(cfg, device)
+        start = time.perf_counter()
+        made = generate_images(image_generator, prompts, out_dir, generator_settings(cfg),
+                               cfg.batch_size, cfg.seed, rank, world)
+        if made:
+            seconds = time.perf_counter() - start
+            timing = {"generated_now": made, "seconds": round(seconds, 2),
+                      "seconds_per_image": round(seconds / made, 4)}
         log.info("rank %d/%d generated %d images into %s", rank, world, made, out_dir)
         if world > 1:
             print(f"rank {rank}: generation share done; run steps=[metrics] once every rank "
@@ -251,7 +259,7 @@ def run_suite(cfg: DictConfig) -> dict[str, Any] | None:
     if "metrics" not in steps:
         return None
     report = {"suite": cfg.suite.name, "images": len(prompts), "out_dir": str(out_dir),
-              "generator": generator_settings(cfg),
+              "generator": generator_settings(cfg), "timing": timing,
               "metrics": score_images(cfg, prompts, out_dir, device)}
     write_report(report, out_dir, len(prompts))
     return report
