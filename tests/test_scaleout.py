@@ -175,3 +175,20 @@ def test_slurm_dry_run_prints_the_srun_command():
         "srun --nodes=2 --ntasks-per-node=4 --kill-on-bad-exit=1 python train.py stage=gpt "
         "experiment=coco_gpt2_medium model.train.lr=1e-4 trainer=ddp trainer.devices=4 "
         "trainer.num_nodes=2 ckpt_path=last hydra.run.dir=outputs/slurm/g-77")
+
+
+def test_wandb_logs_offline_and_falls_back_to_csv(tmp_path, monkeypatch):
+    from hydra import compose, initialize_config_dir
+    from pytorch_lightning.loggers import CSVLogger
+
+    from clipgen.training import build_logger
+
+    with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("train", overrides=["experiment=coco_gpt2_medium",
+                                          f"run_dir={tmp_path}"])
+    assert cfg.logger._target_.endswith("WandbLogger") and cfg.logger.offline
+    import pytorch_lightning.loggers.wandb as wandb_module
+
+    monkeypatch.setattr(wandb_module, "_WANDB_AVAILABLE", False)
+    logger = build_logger(cfg)
+    assert isinstance(logger, CSVLogger) and logger.save_dir == str(tmp_path)
