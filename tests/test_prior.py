@@ -144,12 +144,18 @@ def test_condition_perturbation_stays_on_the_sphere():
     assert torch.equal(perturb_condition(cond, 0.0), cond)
 
 
-def test_checkpoint_records_encoders_and_rejects_another_tokenizer(encoders, tmp_path):
+def _save_checkpoint(encoders, path) -> PriorModule:
+    """An untrained stage-2 module saved as a Lightning checkpoint at `path`."""
     module = _module(encoders)
     trainer = pl.Trainer(max_steps=0, logger=False, enable_checkpointing=False,
                          accelerator="cpu")
     trainer.strategy.connect(module)
-    trainer.save_checkpoint(tmp_path / "gpt.ckpt")
+    trainer.save_checkpoint(path)
+    return module
+
+
+def test_checkpoint_records_encoders_and_rejects_another_tokenizer(encoders, tmp_path):
+    module = _save_checkpoint(encoders, tmp_path / "gpt.ckpt")
     vqgan, clip, _ = encoders
     prior = load_prior(tmp_path / "gpt.ckpt", vqgan, clip)
     assert torch.equal(prior.cond_proj.weight, module.prior.cond_proj.weight)
@@ -161,11 +167,7 @@ def test_checkpoint_records_encoders_and_rejects_another_tokenizer(encoders, tmp
 
 
 def test_half_export_of_the_prior_loads_back(encoders, tmp_path):
-    module = _module(encoders)
-    trainer = pl.Trainer(max_steps=0, logger=False, enable_checkpointing=False,
-                         accelerator="cpu")
-    trainer.strategy.connect(module)
-    trainer.save_checkpoint(tmp_path / "gpt.ckpt")
+    module = _save_checkpoint(encoders, tmp_path / "gpt.ckpt")
     full = export_checkpoint(tmp_path / "gpt.ckpt", tmp_path / "full")
     half = export_checkpoint(tmp_path / "gpt.ckpt", tmp_path / "half", half=True)
     assert half.stat().st_size < 0.6 * full.stat().st_size
