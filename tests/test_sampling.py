@@ -7,6 +7,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
+from clipgen.data.transforms import to_pil
 from clipgen.models.prior import CLIPPrior, PriorConfig
 from clipgen.pipeline import TextToImage
 from clipgen.sample_run import run_sampling
@@ -129,3 +130,18 @@ def test_sampling_clear_errors(tmp_path):
     (bundle / "vqgan.safetensors").write_bytes((other / "vqgan.safetensors").read_bytes())
     with pytest.raises(ValueError, match="made with other encoders"):
         run_sampling(_sample_cfg(tmp_path, f"bundle={bundle}"))
+
+
+def test_shipped_bundle_loads_and_draws_named_colours():
+    from clipgen.metrics.shapes_reader import read_attributes
+    from clipgen.pipeline import default_bundle
+
+    bundle = default_bundle()
+    assert sum(f.stat().st_size for f in bundle.iterdir()) <= 40_000_000
+    pipe = TextToImage.from_bundle(bundle)  # the prior checks the encoders' fingerprints
+    colors = ["red", "green", "blue", "yellow", "purple", "orange", "cyan", "pink"]
+    results = pipe.generate(pipe.text_conditions([f"a {c} circle" for c in colors]),
+                            batch_size=8, seed=0)
+    assert results[0].images.shape == (1, 3, 64, 64)
+    read = [read_attributes(to_pil(r.images[0]))["color"] for r in results]
+    assert sum(r == c for r, c in zip(read, colors)) >= 6, read
