@@ -127,13 +127,13 @@ def test_training_steps_lower_the_loss_and_checkpoint_has_config(tmp_path):
 
     module.model.eval()
     start = rec_loss()
-    trainer = pl.Trainer(max_steps=40, accelerator="cpu", logger=False,
+    trainer = pl.Trainer(max_steps=60, accelerator="cpu", logger=False,
                          enable_checkpointing=False, enable_progress_bar=False,
-                         limit_val_batches=1, val_check_interval=40, num_sanity_val_steps=0,
+                         limit_val_batches=1, val_check_interval=60, num_sanity_val_steps=0,
                          check_val_every_n_epoch=None,
                          default_root_dir=tmp_path)
     trainer.fit(module, ImageTextDataModule(data, data, batch_size=8))
-    assert trainer.global_step == 40  # the discriminator's steps do not count twice
+    assert trainer.global_step == 60  # the discriminator's steps do not count twice
     module.model.eval()
     assert rec_loss() < 0.7 * start
     assert list((tmp_path / "images").glob("val_recon_*.png"))
