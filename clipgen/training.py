@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 import hydra
@@ -85,6 +86,11 @@ def run_training(cfg: DictConfig) -> pl.Trainer:
     run_dir = Path(cfg.run_dir)
     module = build_stage(cfg)
     datamodule = hydra.utils.instantiate(cfg.data)
+    if getattr(datamodule, "resumes_mid_epoch", False):
+        # Lightning warns that a mid-epoch resume repeats data unless the DataLoader itself is
+        # stateful; here the datamodule restores the position (ImageTextDataModule.state_dict).
+        warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended "
+                                "before the epoch ended")
     logger = build_logger(cfg)
     overrides = {}
     if cfg.trainer.get("strategy") == "ddp" and getattr(module, "ddp_unused_parameters", False):

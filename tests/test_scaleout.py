@@ -106,6 +106,7 @@ def test_sigkilled_training_resumes_to_the_same_step_count(tmp_path):
     resumed = _train(args, cwd=tmp_path)
     out, _ = resumed.communicate(timeout=400)
     assert resumed.returncode == 0, out[-3000:]
+    assert "not resumable" not in out  # the datamodule restores the data position
     assert load_torch_file(last)["global_step"] == 40
     after = {k: v for k, v in _logged_losses(run_dir).items() if k not in before}
     assert min(after) >= step - 1  # the resumed run logs from where it stopped

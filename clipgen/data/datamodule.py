@@ -60,6 +60,11 @@ class ImageTextDataModule(pl.LightningDataModule):
                           collate_fn=collate_samples, drop_last=drop_last,
                           persistent_workers=self.num_workers > 0)
 
+    @property
+    def resumes_mid_epoch(self) -> bool:
+        """Whether a resumed run continues its epoch where it stopped (map-style data)."""
+        return not isinstance(self.train_set, IterableDataset)
+
     def train_dataloader(self) -> DataLoader:
         if isinstance(self.train_set, IterableDataset):
             return self._loader(self.train_set, self.batch_size)
