@@ -108,5 +108,10 @@ def run_training(cfg: DictConfig) -> pl.Trainer:
     model = torch.compile(module) if cfg.get("compile") else module
     trainer.fit(model, datamodule=datamodule,
                 ckpt_path=resolve_ckpt_path(cfg.get("ckpt_path"), run_dir))
+    # ModelCheckpoint saves every N steps and at validation; the steps after the last of those
+    # would be lost, so the end of training always writes last.ckpt (every rank takes part).
+    final = run_dir / "checkpoints" / "last.ckpt"
+    trainer.save_checkpoint(final)
+    log.info("final checkpoint (step %d): %s", trainer.global_step, final)
     log.info("run folder: %s", run_dir)
     return trainer
