@@ -34,6 +34,12 @@ def check_bundle(folder: Path) -> None:
             "and gpt checkpoints (see README)")
 
 
+def bundle_clip(folder: str | Path) -> tuple[str, Path]:
+    """The CLIP architecture name and weights file of a bundle."""
+    folder = Path(folder)
+    return OmegaConf.load(folder / "clip.yaml").arch.arch, folder / "clip.safetensors"
+
+
 @dataclass
 class Generation:
     """Images kept for one condition, best CLIP score first."""
@@ -58,9 +64,9 @@ class TextToImage:
         """Load `vqgan`, `clip` and `gpt` exports (safetensors + yaml) from one folder."""
         folder = Path(folder)
         check_bundle(folder)
-        return cls.from_files(folder / "vqgan.safetensors",
-                              OmegaConf.load(folder / "clip.yaml").arch.arch,
-                              folder / "clip.safetensors", folder / "gpt.safetensors", device)
+        clip_arch, clip_weights = bundle_clip(folder)
+        return cls.from_files(folder / "vqgan.safetensors", clip_arch, clip_weights,
+                              folder / "gpt.safetensors", device)
 
     @classmethod
     def from_files(cls, vqgan: str | Path, clip_arch: str, clip_weights: str | Path | None,

@@ -25,10 +25,19 @@ def image_transform(resolution: int, crop: str = "center", hflip: bool = False
     return T.Compose(steps)
 
 
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """Images in [-1, 1] (any shape) to uint8 pixel values."""
+    return ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+def from_uint8(images: torch.Tensor) -> torch.Tensor:
+    """uint8 pixel values to float images in [-1, 1]."""
+    return images.float() / 127.5 - 1
+
+
 def to_pil(image: torch.Tensor) -> Image.Image:
     """A (3, H, W) tensor in [-1, 1] back to a PIL RGB image."""
-    arr = ((image.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return Image.fromarray(arr.permute(1, 2, 0).cpu().numpy())
+    return Image.fromarray(to_uint8(image).permute(1, 2, 0).cpu().numpy())
 
 
 def pil_to_tensor(image: Image.Image) -> torch.Tensor:

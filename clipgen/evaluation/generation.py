@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from clipgen.atomic import write_atomic
 from clipgen.data.transforms import to_pil
 from clipgen.evaluation.prompts import EvalPrompt
 
@@ -24,14 +24,6 @@ ImageGenerator = Callable[[Sequence[str], int], torch.Tensor]
 
 def image_path(out_dir: Path, index: int) -> Path:
     return out_dir / "images" / f"{index:06d}.png"
-
-
-def write_atomic(path: Path, write: Callable[[Path], Any]) -> None:
-    """Write through a temporary file in the same folder, then rename: a killed process never
-    leaves a half-written file under `path`."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
 
 
 def _manifest(prompts: Sequence[EvalPrompt], settings: dict[str, Any]) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from torchvision.utils import make_grid
 from tqdm import tqdm
 
-from clipgen.data.transforms import to_pil
+from clipgen.data.transforms import from_uint8, to_pil, to_uint8
 from clipgen.distributed import process_rank
 from clipgen.evaluation.generation import (
     ImageGenerator,
@@ -34,15 +34,10 @@ from clipgen.metrics.frechet import CLIPImageFeatures, FrechetSet, state_from_np
 from clipgen.metrics.inception import InceptionFeatures, find_inception_weights
 from clipgen.metrics.shapes_reader import read_attributes
 from clipgen.models.clip import FrozenCLIP
-from clipgen.pipeline import TextToImage, default_bundle
+from clipgen.pipeline import TextToImage, bundle_clip, default_bundle
 from clipgen.sample_run import build_generator, method_settings, resolve_device
 
 log = logging.getLogger(__name__)
-
-
-def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] float images to uint8."""
-    return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
 def generator_settings(cfg: DictConfig) -> dict[str, Any]:
@@ -74,9 +69,8 @@ def metric_clip(cfg: DictConfig, device: torch.device) -> tuple[FrozenCLIP, str]
     if cfg.get("clip") and cfg.clip.get("arch"):
         arch, pretrained = cfg.clip.arch, cfg.clip.get("pretrained")
     else:
-        bundle = Path(cfg.get("bundle") or default_bundle())
-        arch = OmegaConf.load(bundle / "clip.yaml").arch.arch
-        pretrained = str(bundle / "clip.safetensors")
+        arch, weights = bundle_clip(cfg.get("bundle") or default_bundle())
+        pretrained = str(weights)
     return FrozenCLIP(arch, pretrained).to(device), f"{arch} (the generator's CLIP)"
 
 
@@ -177,12 +171,12 @@ def score_images(cfg: DictConfig, prompts: Sequence[EvalPrompt], out_dir: Path,
         if inception_score is not None:
             inception_score.update(images.to(device))
         if m.clip_score:
-            img_emb = clip.encode_image(images.to(device).float() / 127.5 - 1)
+            img_emb = clip.encode_image(from_uint8(images.to(device)))
             cosines.append((img_emb * clip.encode_text(texts)).sum(-1).cpu())
         if m.shapes_attributes:
             reads += [read_attributes(im.permute(1, 2, 0).numpy()) for im in images]
         if captioner is not None:
-            s, n = captioner.token_nll([to_pil(im.float() / 127.5 - 1) for im in images], texts)
+            s, n = captioner.token_nll([to_pil(from_uint8(im)) for im in images], texts)
             nll.append(s)
             ntok.append(n)
     metrics: dict[str, Any] = {}
@@ -217,7 +211,7 @@ def write_report(report: dict[str, Any], out_dir: Path, count: int, grid_size: i
     lines = [f"# {report['suite']} suite: {report['images']} images", "",
              "| metric | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
     (out_dir / "report.md").write_text("\n".join(lines) + "\n")
-    grid = read_images(out_dir, range(min(grid_size, count))).float() / 127.5 - 1
+    grid = from_uint8(read_images(out_dir, range(min(grid_size, count))))
     to_pil(make_grid(grid, nrow=8, padding=2, pad_value=1.0)).save(out_dir / "grid.png")
 
 

@@ -13,7 +13,9 @@ from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchvision.transforms.functional import gaussian_blur
 
+from clipgen.atomic import write_atomic
 from clipgen.checkpoint import load_torch_file
+from clipgen.data.transforms import from_uint8
 from clipgen.models.clip import FrozenCLIP
 
 REAL_STATES = ("real_features_sum", "real_features_cov_sum", "real_features_num_samples")
@@ -40,7 +42,7 @@ class CLIPImageFeatures(nn.Module):
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.clip.encode_image(images.float() / 127.5 - 1)
+        return self.clip.encode_image(from_uint8(images))
 
 
 class FrechetSet:
@@ -84,11 +86,8 @@ class FrechetSet:
                 setattr(m, name, state[f"{r}/{name}"].to(m.device))
 
     def save_real(self, path: str | Path) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        torch.save(self.real_state(), tmp)
-        tmp.replace(path)
+        state = self.real_state()
+        write_atomic(path, lambda tmp: torch.save(state, tmp))
 
     def load_real(self, path: str | Path) -> None:
         self.load_real_state(load_torch_file(path))
