@@ -20,6 +20,7 @@ from clipgen.metrics.caps import CaptionScorer, caps_from_nll
 from clipgen.metrics.clip_score import clip_scores
 from clipgen.metrics.frechet import FrechetSet, blur_images, state_from_npz
 from clipgen.metrics.inception import InceptionFeatures, find_inception_weights
+from clipgen.metrics.prior_regions import REGIONS, token_loss_by_region, token_regions
 from tests.helpers import write_tiny_bundle
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -271,3 +272,28 @@ def test_shapes_suite_writes_a_report_and_resumes(tmp_path):
     again = run_suite(cfg)  # nothing left to generate; the reference comes from the cache
     assert image_path(out, 0).stat().st_mtime_ns == first
     assert again["metrics"]["fd_clip"] == pytest.approx(metrics["fd_clip"])
+
+
+def test_token_regions_split_object_near_far_and_border():
+    images = torch.ones(1, 3, 64, 64)
+    images[:, :, 24:34, 24:34] = -1.0  # a 10 px object over token rows/columns 3 and 4 at f8
+    regions = token_regions(images, (8, 8), near_px=8)[0]
+    counts = {name: int((regions == i).sum()) for i, name in enumerate(REGIONS)}
+    # object: 2x2 tokens; near: pixels 16..41 reach tokens 2..5 (4x4) less the object;
+    # border: the outer ring of 28 tokens; far: the rest.
+    assert counts == {"object": 4, "near background": 12, "far background": 20, "border": 28}
+    assert (regions[3:5, 3:5] == 0).all() and regions[0, 0] == 3
+
+
+def test_token_loss_by_region_adds_up(tmp_path):
+    from clipgen.pipeline import TextToImage
+
+    t2i = TextToImage.from_bundle(write_tiny_bundle(tmp_path))
+    report = token_loss_by_region(t2i, num_images=6, batch_size=4)
+    keys = [name.replace(" ", "_") for name in REGIONS]
+    assert sum(report[f"{k}_tokens"] for k in keys) == pytest.approx(64, abs=0.2)
+    assert sum(report[f"{k}_share"] for k in keys) == pytest.approx(1.0, abs=0.01)
+    assert sum(report[f"{k}_nats_per_image"] for k in keys) == pytest.approx(
+        report["nats_per_image"], abs=0.3)
+    # a random prior is close to uniform over the 24 codes
+    assert abs(report["nats_per_token"] - np.log(24)) < 0.5
