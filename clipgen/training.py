@@ -106,12 +106,13 @@ def run_training(cfg: DictConfig) -> pl.Trainer:
         logger.log_hyperparams({**OmegaConf.to_container(cfg, resolve=True),
                                 "git": git_commit()})
     model = torch.compile(module) if cfg.get("compile") else module
+    # Resuming unpickles nothing but tensors and plain containers (weights_only=True).
     trainer.fit(model, datamodule=datamodule,
-                ckpt_path=resolve_ckpt_path(cfg.get("ckpt_path"), run_dir))
+                ckpt_path=resolve_ckpt_path(cfg.get("ckpt_path"), run_dir), weights_only=True)
     # ModelCheckpoint saves every N steps and at validation; the steps after the last of those
     # would be lost, so the end of training always writes last.ckpt (every rank takes part).
     final = run_dir / "checkpoints" / "last.ckpt"
-    trainer.save_checkpoint(final)
+    trainer.save_checkpoint(final, weights_only=False)  # full state: optimiser, loops, data
     log.info("final checkpoint (step %d): %s", trainer.global_step, final)
     log.info("run folder: %s", run_dir)
     return trainer
