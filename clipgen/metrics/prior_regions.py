@@ -11,7 +11,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.utils.data import DataLoader
 
+from clipgen.data.datamodule import collate_samples
 from clipgen.data.shapes_dataset import ShapesDataset
 from clipgen.pipeline import TextToImage
 
@@ -47,10 +49,8 @@ def token_loss_by_region(t2i: TextToImage, num_images: int = 128, batch_size: in
     data = ShapesDataset(num_images, image_size=vq.config.resolution, seed=seed, split=split)
     grid = vq.token_grid()
     losses, regions = [], []
-    for start in range(0, num_images, batch_size):
-        x = torch.stack([data[i]["image"]
-                         for i in range(start, min(start + batch_size, num_images))])
-        x = x.to(t2i.device)
+    for batch in DataLoader(data, batch_size=batch_size, collate_fn=collate_samples):
+        x = batch["image"].to(t2i.device)
         tokens = vq.encode_to_tokens(x).view(len(x), -1)
         logits = t2i.prior(t2i.image_conditions(x), tokens)
         loss = F.cross_entropy(logits.flatten(0, 1), tokens.flatten(), reduction="none")
