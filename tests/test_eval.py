@@ -13,6 +13,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from torch import nn
 
+from clipgen.evaluation.condition_gap import condition_gap
 from clipgen.evaluation.generation import generate_images, image_path, read_images
 from clipgen.evaluation.prompts import prompt_list, shapes_prompts
 from clipgen.evaluation.suite import attribute_accuracy, run_suite
@@ -297,3 +298,32 @@ def test_token_loss_by_region_adds_up(tmp_path):
         report["nats_per_image"], abs=0.3)
     # a random prior is close to uniform over the 24 codes
     assert abs(report["nats_per_token"] - np.log(24)) < 0.5
+
+
+class _EchoGenerator:
+    """Stands in for TextToImage: an image condition is the image itself, a text condition is
+    a flat white image, and sampling returns the condition as the generated image."""
+
+    vqgan = mock.Mock(config=mock.Mock(resolution=64))
+
+    def image_conditions(self, images):
+        return images.flatten(1)
+
+    def text_conditions(self, texts):
+        return torch.ones(len(texts), 3 * 64 * 64)
+
+    def generate(self, cond, sampling=None, seed=0, batch_size=16):
+        from clipgen.pipeline import Generation
+
+        return [Generation(row.view(1, 3, 64, 64), torch.zeros(1)) for row in cond]
+
+
+def test_condition_gap_pairs_each_sample_with_its_own_attributes():
+    # 10 renders in batches of 4: image-conditioned samples are the renders (read back
+    # correctly), text-conditioned ones are blank (no colour or shape to read).
+    report = condition_gap(_EchoGenerator(), num_images=10, batch_size=4)
+    assert report["images"] == 10
+    assert report["image_color"] == 1.0 and report["image_shape"] >= 0.9
+    assert report["image_position"] >= 0.9 and report["image_background"] == 1.0
+    assert report["text_color"] == 0.0 and report["text_shape"] == 0.0
+    assert report["text_background"] < 1.0
