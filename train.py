@@ -1,14 +1,16 @@
-"""Train a clipgen stage: `python train.py stage=<vqgan|clip|gpt> experiment=<name> [overrides]`."""
+"""Train a clipgen stage:
+`python train.py stage=<vqgan|clip|prior> experiment=<name> [overrides]`."""
 
 import hydra
 from omegaconf import DictConfig
 
-from clipgen.training import run_training
+from clipgen.jobs.entry import run_job
+from clipgen.jobs.training import run_training
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 def main(cfg: DictConfig) -> None:
-    run_training(cfg)
+    run_job(run_training, cfg)
 
 
 if __name__ == "__main__":

@@ -81,6 +81,10 @@ def load_state_dict_strict(model: nn.Module, state: Mapping[str, torch.Tensor],
     return dropped
 
 
+# Stage names of earlier releases, read as today's (stage 2 was called "gpt" before 0.2).
+LEGACY_STAGE_NAMES = {"gpt": "prior"}
+
+
 def clipgen_metadata(checkpoint: Mapping[str, Any], path: str | Path) -> dict[str, Any]:
     """The `clipgen` block (stage, run config, package versions) of a clipgen checkpoint."""
     meta = checkpoint.get("clipgen")
@@ -88,7 +92,9 @@ def clipgen_metadata(checkpoint: Mapping[str, Any], path: str | Path) -> dict[st
         raise ValueError(f"{path} is not a clipgen training checkpoint (no 'clipgen' block with "
                          "its stage and config); taming-format VQGAN checkpoints load with "
                          "clipgen.models.vqgan.load_vqgan_weights and an explicit VQGANConfig")
-    return dict(meta)
+    meta = dict(meta)
+    meta["stage"] = LEGACY_STAGE_NAMES.get(meta["stage"], meta["stage"])
+    return meta
 
 
 def strip_prefix(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

@@ -5,13 +5,14 @@ Prints JSON and a markdown table (median step time after warm-up)."""
 import hydra
 from omegaconf import DictConfig
 
-from clipgen.benchmark import measure_training, print_report
+from clipgen.jobs.benchmark import measure_training, print_report
+from clipgen.jobs.entry import run_job
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="bench_train")
 def main(cfg: DictConfig) -> None:
-    row = measure_training(cfg, cfg.bench.warmup, cfg.bench.steps)
-    print_report([row], f"training throughput: stage {cfg.stage}")
+    row = run_job(measure_training, cfg, cfg.bench.warmup, cfg.bench.steps)
+    print_report([row], f"training throughput: stage {cfg.stage.name}")
 
 
 if __name__ == "__main__":

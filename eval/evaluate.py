@@ -5,23 +5,18 @@ then computes its metrics and writes report.json, report.md and grid.png into ou
 See configs/eval.yaml and configs/suite/."""
 
 import json
-import sys
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
-from clipgen.checkpoint import CheckpointMismatchError
 from clipgen.evaluation.suite import run_suite
+from clipgen.jobs.entry import run_job
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="eval")
 def main(cfg: DictConfig) -> None:
-    try:
-        report = run_suite(cfg)
-    except (FileNotFoundError, ValueError, CheckpointMismatchError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    report = run_job(run_suite, cfg)
     if report is not None:
         print(json.dumps(report["metrics"], indent=2))
         print((Path(cfg.out_dir) / "report.md").read_text())

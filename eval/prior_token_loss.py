@@ -1,30 +1,27 @@
 """Where a Shapes prior's token loss goes (object, near background, far background, border):
-python eval/prior_token_loss.py [bundle folder] [--num-images 128]. Prints JSON and a
+`python eval/prior_token_loss.py [bundle=<folder>] [num_images=128]`. Prints JSON and a
 markdown table."""
 
-import argparse
+import hydra
+from omegaconf import DictConfig
 
-import torch
+from clipgen.evaluation.token_regions import token_loss_by_region
+from clipgen.generation.text_to_image import TextToImage
+from clipgen.jobs.benchmark import machine_description, print_report
+from clipgen.jobs.entry import run_job
+from clipgen.models.bundle import default_bundle
 
-from clipgen.benchmark import machine_description, print_report
-from clipgen.metrics.prior_regions import token_loss_by_region
-from clipgen.pipeline import TextToImage, default_bundle
+
+def report(cfg: DictConfig) -> dict:
+    t2i = TextToImage.from_bundle(cfg.bundle or default_bundle())
+    return {"bundle": str(cfg.bundle or "shipped"),
+            **token_loss_by_region(t2i, cfg.num_images, cfg.batch_size, split=cfg.split)}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("bundle", nargs="?", default=None,
-                        help="folder with vqgan, clip and gpt exports (default: the shipped one)")
-    parser.add_argument("--num-images", type=int, default=128)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--split", default="val")
-    args = parser.parse_args()
-    torch.set_flush_denormal(True)
-    name = args.bundle or "shipped"
-    t2i = TextToImage.from_bundle(args.bundle or default_bundle())
-    report = token_loss_by_region(t2i, args.num_images, args.batch_size, split=args.split)
-    print_report([{"bundle": name, **report, **machine_description()}],
-                 f"Prior token loss by region: {name}")
+@hydra.main(version_base="1.3", config_path="../configs", config_name="prior_token_loss")
+def main(cfg: DictConfig) -> None:
+    row = run_job(report, cfg)
+    print_report([{**row, **machine_description()}], f"Prior token loss by region: {row['bundle']}")
 
 
 if __name__ == "__main__":

@@ -1,26 +1,28 @@
-"""Shapes tokenizer quality: python eval/vqgan_recon.py <vqgan checkpoint or export>
-[--num-images 512]. Prints JSON and a markdown table."""
+"""Shapes tokenizer quality: `python eval/vqgan_recon.py [vqgan=<checkpoint or export>]
+[num_images=512] [split=val]`: PSNR, codebook use and attributes read back from
+reconstructions. Prints JSON and a markdown table."""
 
-import argparse
+import hydra
+from omegaconf import DictConfig
 
-import torch
-
-from clipgen.benchmark import machine_description, print_report
-from clipgen.metrics.reconstruction import shapes_reconstruction_report
+from clipgen.evaluation.shapes_reconstruction import shapes_reconstruction_report
+from clipgen.jobs.benchmark import machine_description, print_report
+from clipgen.jobs.entry import run_job
+from clipgen.models.bundle import default_bundle
 from clipgen.models.vqgan import load_vqgan
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("weights", help="clipgen VQGAN checkpoint (.ckpt) or vqgan.safetensors")
-    parser.add_argument("--num-images", type=int, default=512)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--split", default="val")
-    args = parser.parse_args()
-    torch.set_flush_denormal(True)
-    report = shapes_reconstruction_report(load_vqgan(args.weights), args.num_images,
-                                          args.batch_size, split=args.split)
-    print_report([{**report, **machine_description()}], f"VQGAN reconstruction: {args.weights}")
+def report(cfg: DictConfig) -> dict:
+    weights = cfg.vqgan or default_bundle() / "vqgan.safetensors"
+    return {"vqgan": str(cfg.vqgan or "shipped"),
+            **shapes_reconstruction_report(load_vqgan(weights), cfg.num_images, cfg.batch_size,
+                                           split=cfg.split)}
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="vqgan_recon")
+def main(cfg: DictConfig) -> None:
+    row = run_job(report, cfg)
+    print_report([{**row, **machine_description()}], f"VQGAN reconstruction: {row['vqgan']}")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 # Shared by the sbatch scripts: build and run the srun command of a clipgen entry point.
-#   DRY_RUN=1 bash slurm/gpt.sbatch experiment=coco_gpt2_medium   # print the command only
+#   DRY_RUN=1 bash slurm/prior.sbatch experiment=coco_gpt2_medium   # print the command only
 # Environment: RUN_DIR (default outputs/slurm/<job name>-<job id>, stable across requeues),
 # GPUS_PER_NODE (default: SLURM's count, else 8), PYTHON (default python).
 

@@ -30,8 +30,8 @@ def write_tiny_encoders(folder: Path, seed: int = 0) -> tuple[Path, Path]:
 
 
 def write_tiny_bundle(folder: Path, seed: int = 0) -> Path:
-    """A complete random bundle (vqgan, clip, gpt exports) in `folder`."""
-    from clipgen.data.precomputed import encoder_identity
+    """A complete random bundle (vqgan, clip, prior exports) in `folder`."""
+    from clipgen.models.encoders import encoder_identity
     from clipgen.models.prior import CLIPPrior, PriorConfig
     from clipgen.models.vqgan import load_vqgan
 
@@ -44,8 +44,8 @@ def write_tiny_bundle(folder: Path, seed: int = 0) -> Path:
     prior_cfg = PriorConfig(vocab_size=24, n_tokens=64, cond_dim=128, n_layer=2, n_embd=32,
                             n_head=2)
     prior = CLIPPrior(prior_cfg)
-    save_safetensors(prior.state_dict(), folder / "gpt.safetensors")
+    save_safetensors(prior.state_dict(), folder / "prior.safetensors")
     OmegaConf.save(OmegaConf.create({"arch": prior_cfg.to_dict(),
                                      "encoders": encoder_identity(vqgan, clip)}),
-                   folder / "gpt.yaml")
+                   folder / "prior.yaml")
     return folder

@@ -7,9 +7,9 @@ from PIL import Image
 from clipgen.data.datamodule import ImageTextDataModule
 from clipgen.data.shapes_dataset import ShapesDataset
 from clipgen.data.transforms import pil_to_tensor
-from clipgen.export import export_checkpoint
-from clipgen.lit.clip import CLIPModule
-from clipgen.metrics.clip_zero_shot import retrieval_r1, zero_shot_prompts
+from clipgen.jobs.export import export_checkpoint
+from clipgen.lit.clip_module import CLIPModule
+from clipgen.metrics.zero_shot import retrieval_r1, zero_shot_prompts
 from clipgen.models.clip import FrozenCLIP
 
 

@@ -2,7 +2,8 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
+from omegaconf import OmegaConf
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 EXPERIMENTS = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))
@@ -18,7 +19,27 @@ def _compose(overrides):
 def test_every_experiment_composes(name):
     cfg = _compose([f"experiment={name}"])
     assert cfg.stage, f"experiment {name} must name its stage"
+    module = OmegaConf.to_container(cfg.stage.module, resolve=True)  # every interpolation
+    assert get_class(module["_target_"]).stage == cfg.stage.name
     assert cfg.data._target_ and cfg.trainer._target_
+
+
+def test_training_without_a_stage_names_the_setting():
+    from clipgen.jobs.training import build_stage
+
+    with pytest.raises(ValueError, match="stage=<vqgan|clip|prior>"):
+        build_stage(_compose([]))
+
+
+TOOLS = ["bench_sampling", "clip_zero_shot", "compare_methods", "condition_gap",
+         "prior_token_loss", "vqgan_recon", "bench_train", "precompute", "sample"]
+
+
+@pytest.mark.parametrize("name", TOOLS)
+def test_every_entry_point_config_composes(name):
+    with initialize_config_dir(str(CONFIGS), version_base="1.3"):
+        cfg = compose(name, return_hydra_config=True)
+    assert cfg
 
 
 @pytest.mark.parametrize("name", DATA)

@@ -13,15 +13,16 @@ import torch
 from hydra import compose, initialize_config_dir
 from torch import nn
 
-from clipgen.evaluation.condition_gap import condition_gap
-from clipgen.evaluation.generation import generate_images, image_path, read_images
+from clipgen.evaluation.image_vs_text import condition_gap
 from clipgen.evaluation.prompts import prompt_list, shapes_prompts
-from clipgen.evaluation.suite import attribute_accuracy, run_suite
+from clipgen.evaluation.sharded_generation import generate_images, image_path, read_images
+from clipgen.evaluation.suite import run_suite
+from clipgen.evaluation.token_regions import REGIONS, token_loss_by_region, token_regions
+from clipgen.metrics.attributes import attribute_accuracy
 from clipgen.metrics.caps import CaptionScorer, caps_from_nll
 from clipgen.metrics.clip_score import clip_scores
 from clipgen.metrics.frechet import FrechetSet, blur_images, state_from_npz
 from clipgen.metrics.inception import InceptionFeatures, find_inception_weights
-from clipgen.metrics.prior_regions import REGIONS, token_loss_by_region, token_regions
 from tests.helpers import write_tiny_bundle
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -287,7 +288,7 @@ def test_token_regions_split_object_near_far_and_border():
 
 
 def test_token_loss_by_region_adds_up(tmp_path):
-    from clipgen.pipeline import TextToImage
+    from clipgen.generation.text_to_image import TextToImage
 
     t2i = TextToImage.from_bundle(write_tiny_bundle(tmp_path))
     report = token_loss_by_region(t2i, num_images=6, batch_size=4)
@@ -313,7 +314,7 @@ class _EchoGenerator:
         return torch.ones(len(texts), 3 * 64 * 64)
 
     def generate(self, cond, sampling=None, seed=0, batch_size=16):
-        from clipgen.pipeline import Generation
+        from clipgen.generation.text_to_image import Generation
 
         return [Generation(row.view(1, 3, 64, 64), torch.zeros(1)) for row in cond]
 

@@ -7,10 +7,10 @@ import torch
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
-from clipgen.guidance.evolve import EvolveConfig, evolve_latents
-from clipgen.guidance.optimize import OptimizeConfig, optimize_latents
-from clipgen.pipeline import TextToImage
-from clipgen.sample_run import run_sampling
+from clipgen.generation.clip_guided.evolve import EvolveConfig, evolve_latents
+from clipgen.generation.clip_guided.optimize import OptimizeConfig, optimize_latents
+from clipgen.generation.text_to_image import TextToImage
+from clipgen.jobs.sample_run import run_sampling
 from tests.helpers import write_tiny_bundle
 from tests.test_sampling import ROOT
 

@@ -4,18 +4,19 @@ import torch
 from torch.utils.data import DataLoader
 
 from clipgen.data.datamodule import ImageTextDataModule, collate_samples
-from clipgen.data.precomputed import PrecomputedDataset, encode_batch, write_cache_part
+from clipgen.data.precomputed import PrecomputedDataset
 from clipgen.data.shapes_dataset import ShapesDataset
-from clipgen.export import export_checkpoint
-from clipgen.lit.prior import (
+from clipgen.jobs.build_cache import encode_to_cache
+from clipgen.jobs.export import export_checkpoint
+from clipgen.lit.prior_module import (
     PriorModule,
     PriorTrainConfig,
-    load_prior,
     null_condition_mask,
     perturb_condition,
 )
 from clipgen.models.clip import FrozenCLIP
-from clipgen.models.prior import CLIPPrior, PriorConfig
+from clipgen.models.encoders import check_identity, encode_batch, encoder_identity
+from clipgen.models.prior import CLIPPrior, PriorConfig, load_prior
 from clipgen.models.vqgan import load_vqgan
 from tests.helpers import CLIP_ARCH, write_tiny_encoders
 
@@ -34,7 +35,7 @@ def cache(encoders, tmp_path_factory):
     data = ShapesDataset(12, image_size=16)
     loader = DataLoader(data, batch_size=4, collate_fn=collate_samples)
     root = tmp_path_factory.mktemp("cache")
-    write_cache_part(loader, vqgan, clip, root, rank=0, flip=True)
+    encode_to_cache(loader, vqgan, clip, root, rank=0, flip=True)
     return root, data
 
 
@@ -44,7 +45,7 @@ def _module(encoders, **train) -> PriorModule:
     return PriorModule(PriorConfig(**PRIOR), vqgan, clip,
                        PriorTrainConfig(**{"warmup_steps": 1, "max_steps": 30, "lr": 3e-3,
                                            **train}),
-                       run_config={"stage": "gpt"})
+                       run_config={"stage": "prior"})
 
 
 def test_cache_reproduces_on_the_fly_encoding(encoders, cache):
@@ -67,10 +68,9 @@ def test_cache_from_other_encoders_is_a_clear_error(encoders, cache, tmp_path):
     root, _ = cache
     other_vq, _ = write_tiny_encoders(tmp_path, seed=1)
     vqgan, clip, _ = encoders
-    from clipgen.data.precomputed import encoder_identity
-
     with pytest.raises(ValueError, match="other encoders.*vqgan"):
-        PrecomputedDataset(root, expect=encoder_identity(load_vqgan(other_vq), clip))
+        check_identity(PrecomputedDataset(root).meta,
+                       encoder_identity(load_vqgan(other_vq), clip), "precomputed cache")
 
 
 def test_loss_decreases_over_a_few_steps(encoders, cache, tmp_path):
@@ -155,21 +155,21 @@ def _save_checkpoint(encoders, path) -> PriorModule:
 
 
 def test_checkpoint_records_encoders_and_rejects_another_tokenizer(encoders, tmp_path):
-    module = _save_checkpoint(encoders, tmp_path / "gpt.ckpt")
+    module = _save_checkpoint(encoders, tmp_path / "prior.ckpt")
     vqgan, clip, _ = encoders
-    prior = load_prior(tmp_path / "gpt.ckpt", vqgan, clip)
+    prior = load_prior(tmp_path / "prior.ckpt", vqgan, clip)
     assert torch.equal(prior.cond_proj.weight, module.prior.cond_proj.weight)
-    ckpt = torch.load(tmp_path / "gpt.ckpt", weights_only=True)
+    ckpt = torch.load(tmp_path / "prior.ckpt", weights_only=True)
     assert not any(k.startswith(("vqgan", "clip", "encoders")) for k in ckpt["state_dict"])
     other_vq, _ = write_tiny_encoders(tmp_path / "other", seed=1)
     with pytest.raises(ValueError, match="made with other encoders"):
-        load_prior(tmp_path / "gpt.ckpt", load_vqgan(other_vq), clip)
+        load_prior(tmp_path / "prior.ckpt", load_vqgan(other_vq), clip)
 
 
 def test_half_export_of_the_prior_loads_back(encoders, tmp_path):
-    module = _save_checkpoint(encoders, tmp_path / "gpt.ckpt")
-    full = export_checkpoint(tmp_path / "gpt.ckpt", tmp_path / "full")
-    half = export_checkpoint(tmp_path / "gpt.ckpt", tmp_path / "half", half=True)
+    module = _save_checkpoint(encoders, tmp_path / "prior.ckpt")
+    full = export_checkpoint(tmp_path / "prior.ckpt", tmp_path / "full")
+    half = export_checkpoint(tmp_path / "prior.ckpt", tmp_path / "half", half=True)
     assert half.stat().st_size < 0.6 * full.stat().st_size
     vqgan, clip, _ = encoders
     prior = load_prior(half, vqgan, clip)

@@ -8,10 +8,10 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from clipgen.data.transforms import to_pil
+from clipgen.generation.sampling import SamplingConfig, filter_logits, rerank, sample_tokens
+from clipgen.generation.text_to_image import TextToImage
+from clipgen.jobs.sample_run import run_sampling
 from clipgen.models.prior import CLIPPrior, PriorConfig
-from clipgen.pipeline import TextToImage
-from clipgen.sample_run import run_sampling
-from clipgen.sampling import SamplingConfig, filter_logits, rerank, sample_tokens
 from tests.helpers import write_tiny_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -134,7 +134,7 @@ def test_sampling_clear_errors(tmp_path):
 
 def test_shipped_bundle_loads_and_draws_named_colours():
     from clipgen.metrics.shapes_reader import read_attributes
-    from clipgen.pipeline import default_bundle
+    from clipgen.models.bundle import default_bundle
 
     bundle = default_bundle()
     assert sum(f.stat().st_size for f in bundle.iterdir()) <= 40_000_000

@@ -15,13 +15,13 @@ import pytest
 import torch
 
 from clipgen.checkpoint import load_torch_file
-from clipgen.checkpoint_io import AtomicCheckpointIO
-from clipgen.data.precomputed import write_cache_part
 from clipgen.data.resumable import ResumableSampler
 from clipgen.data.shapes_dataset import ShapesDataset
+from clipgen.jobs.build_cache import encode_to_cache
+from clipgen.jobs.training import resolve_ckpt_path
+from clipgen.lit.checkpoint_io import AtomicCheckpointIO
 from clipgen.models.clip import FrozenCLIP
 from clipgen.models.vqgan import load_vqgan
-from clipgen.training import resolve_ckpt_path
 from tests.helpers import CLIP_ARCH, write_tiny_bundle
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,7 +42,7 @@ def _train(args: list[str], cwd: Path, **kwargs) -> subprocess.Popen:
                             **kwargs)
 
 
-def _gpt_args(tmp_path: Path) -> list[str]:
+def _prior_args(tmp_path: Path) -> list[str]:
     bundle = write_tiny_bundle(tmp_path / "bundle")
     vqgan = load_vqgan(bundle / "vqgan.safetensors")
     clip = FrozenCLIP(CLIP_ARCH, str(bundle / "clip.safetensors"))
@@ -50,16 +50,16 @@ def _gpt_args(tmp_path: Path) -> list[str]:
     for split in ("train", "val"):
         batches = [{"image": torch.stack([data[i]["image"] for i in range(j, j + 8)])}
                    for j in range(0, 24, 8)]
-        write_cache_part(batches, vqgan, clip, tmp_path / "cache" / split)
-    return ["experiment=shapes_gpt", "resolution=16", f"bundle_dir={bundle}",
+        encode_to_cache(batches, vqgan, clip, tmp_path / "cache" / split)
+    return ["experiment=shapes_prior", "resolution=16", f"bundle_dir={bundle}",
             f"cache_dir={tmp_path / 'cache'}", "data.batch_size=4", "model.prior.n_layer=1",
             "model.prior.n_embd=32", "model.prior.n_head=2", "model.train.sample_prompts=[]"]
 
 
-@pytest.mark.parametrize("stage", ["vqgan", "clip", "gpt"])
+@pytest.mark.parametrize("stage", ["vqgan", "clip", "prior"])
 def test_two_process_ddp_on_cpu(stage, tmp_path):
-    args = _gpt_args(tmp_path) if stage == "gpt" else TINY[stage]
-    common = [c for c in COMMON if not (stage == "gpt" and c.startswith("data.val.length"))]
+    args = _prior_args(tmp_path) if stage == "prior" else TINY[stage]
+    common = [c for c in COMMON if not (stage == "prior" and c.startswith("data.val.length"))]
     run_dir = tmp_path / "run"
     proc = _train([*args, *common, "trainer.max_steps=5", "trainer.val_check_interval=2",
                    "checkpoint_every_n_steps=2", "trainer.devices=2", "trainer.strategy=ddp",
@@ -169,11 +169,11 @@ def test_slurm_dry_run_prints_the_srun_command():
     env = {**os.environ, "DRY_RUN": "1", "SLURM_JOB_NUM_NODES": "2", "SLURM_GPUS_ON_NODE": "4",
            "SLURM_JOB_NAME": "g", "SLURM_JOB_ID": "77"}
     env.pop("SLURM_SUBMIT_DIR", None)
-    out = subprocess.run(["bash", str(ROOT / "slurm" / "gpt.sbatch"),
+    out = subprocess.run(["bash", str(ROOT / "slurm" / "prior.sbatch"),
                           "experiment=coco_gpt2_medium", "model.train.lr=1e-4"],
                          env=env, capture_output=True, text=True, check=True).stdout
     assert out.strip() == (
-        "srun --nodes=2 --ntasks-per-node=4 --kill-on-bad-exit=1 python train.py stage=gpt "
+        "srun --nodes=2 --ntasks-per-node=4 --kill-on-bad-exit=1 python train.py stage=prior "
         "experiment=coco_gpt2_medium model.train.lr=1e-4 trainer=ddp trainer.devices=4 "
         "trainer.num_nodes=2 ckpt_path=last hydra.run.dir=outputs/slurm/g-77")
 
@@ -182,7 +182,7 @@ def test_wandb_logs_offline_and_falls_back_to_csv(tmp_path, monkeypatch):
     from hydra import compose, initialize_config_dir
     from pytorch_lightning.loggers import CSVLogger
 
-    from clipgen.training import build_logger
+    from clipgen.jobs.training import build_logger
 
     with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
         cfg = compose("train", overrides=["experiment=coco_gpt2_medium",

@@ -12,10 +12,12 @@ from torch import nn
 from clipgen.checkpoint import CheckpointMismatchError, load_torch_file
 from clipgen.data.datamodule import ImageTextDataModule
 from clipgen.data.shapes_dataset import ShapesDataset
-from clipgen.export import export_checkpoint
-from clipgen.lit.vqgan import VQGANLoss, VQGANLossConfig, VQGANModule, codebook_stats
+from clipgen.jobs.export import export_checkpoint
+from clipgen.lit.vqgan_module import VQGANModule
+from clipgen.metrics.reconstruction import codebook_stats
 from clipgen.models.quantizers import L2Quantizer
 from clipgen.models.vqgan import VQGAN, VQGANConfig, load_vqgan, load_vqgan_weights
+from clipgen.models.vqgan_loss import VQGANLoss, VQGANLossConfig
 
 TINY = dict(resolution=16, ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(),
             z_channels=32, n_embed=24, embed_dim=8)
@@ -152,7 +154,7 @@ def test_training_steps_lower_the_loss_and_checkpoint_has_config(tmp_path):
 
 
 def test_reconstruction_report_on_shapes():
-    from clipgen.metrics.reconstruction import shapes_reconstruction_report
+    from clipgen.evaluation.shapes_reconstruction import shapes_reconstruction_report
 
     torch.manual_seed(0)
     model = VQGAN(VQGANConfig(**TINY, quantizer="l2")).eval()
@@ -175,8 +177,8 @@ def test_norm_groups_build_narrow_models_with_taming_names():
 
 
 def test_shipped_shapes_tokenizer_reconstructs():
-    from clipgen.lit.vqgan import psnr
-    from clipgen.pipeline import default_bundle
+    from clipgen.metrics.reconstruction import psnr
+    from clipgen.models.bundle import default_bundle
 
     model = load_vqgan(default_bundle() / "vqgan.safetensors")
     data = ShapesDataset(8, image_size=model.config.resolution, split="val")

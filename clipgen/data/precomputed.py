@@ -3,6 +3,7 @@
 Layout of a cache folder: one `part-<rank>/` per process, each with `tokens.npy` (N, n_tokens),
 `cond.npy` (N, cond_dim) and `meta.json` (which VQGAN and CLIP made it, by fingerprint).
 With `flip`, every image is also stored horizontally flipped (as in CLIP-GEN's training).
+This module only reads and writes the files; `clipgen.jobs.build_cache` encodes the images.
 """
 
 from __future__ import annotations
@@ -15,62 +16,36 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import Dataset
-from tqdm import tqdm
-
-from clipgen.checkpoint import fingerprint
-from clipgen.models.clip import FrozenCLIP
-from clipgen.models.vqgan import VQGAN
 
 
-def encoder_identity(vqgan: VQGAN, clip: FrozenCLIP) -> dict[str, Any]:
-    """What a cache (or a stage-2 model) depends on: the VQGAN and CLIP, by fingerprint."""
-    h, w = vqgan.token_grid()
-    return {"vqgan": fingerprint(vqgan), "clip": fingerprint(clip.model), "clip_arch": clip.arch,
-            "n_tokens": h * w, "vocab_size": vqgan.config.n_embed, "cond_dim": clip.embed_dim,
-            "resolution": vqgan.config.resolution}
+def check_vocab_fits(vocab_size: int) -> None:
+    """Tokens are stored as uint16: refuse a larger codebook before any work."""
+    if vocab_size > np.iinfo(np.uint16).max + 1:
+        raise ValueError(f"codebook of {vocab_size} codes does not fit the cache's uint16 tokens")
 
 
-@torch.no_grad()
-def encode_batch(images: torch.Tensor, vqgan: VQGAN, clip: FrozenCLIP
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, 3, H, W) images in [-1, 1] to ((B, h*w) tokens, (B, D) CLIP image embeddings)."""
-    tokens = vqgan.encode_to_tokens(images).flatten(1)
-    return tokens, clip.encode_image(images)
-
-
-def write_cache_part(batches: Iterable[dict], vqgan: VQGAN, clip: FrozenCLIP, out_dir: str | Path,
-                     rank: int = 0, flip: bool = True, device: str | torch.device = "cpu",
-                     total: int | None = None) -> Path:
-    """Encode every batch (dicts with "image") and write this process's part of the cache."""
-    identity = encoder_identity(vqgan, clip)
-    if identity["vocab_size"] > np.iinfo(np.uint16).max + 1:
-        raise ValueError(f"codebook of {identity['vocab_size']} codes does not fit uint16")
-    tokens, conds = [], []
-    for batch in tqdm(batches, desc=f"precompute part {rank}", total=total):
-        if not batch:
-            continue
-        images = batch["image"].to(device)
-        views = [images, images.flip(-1)] if flip else [images]
-        for view in views:
-            t, c = encode_batch(view, vqgan, clip)
-            tokens.append(t.cpu().numpy().astype(np.uint16))
-            conds.append(c.cpu().numpy().astype(np.float16))
+def write_cache_part(tokens: Iterable[np.ndarray], conds: Iterable[np.ndarray],
+                     meta: dict[str, Any], out_dir: str | Path, rank: int = 0) -> Path:
+    """Write one process's part of a cache: the (n, n_tokens) token and (n, D) condition
+    arrays of every chunk, concatenated, with `meta` (what encoded them) beside them."""
+    tokens, conds = list(tokens), list(conds)
     if not tokens:
         raise ValueError("no images to precompute: the dataset (or this process's share of "
                          "it) is empty")
+    check_vocab_fits(meta["vocab_size"])
     part = Path(out_dir) / f"part-{rank:05d}"
     part.mkdir(parents=True, exist_ok=True)
-    np.save(part / "tokens.npy", np.concatenate(tokens))
-    np.save(part / "cond.npy", np.concatenate(conds))
-    meta = {**identity, "flip": flip, "rows": int(sum(len(t) for t in tokens))}
-    (part / "meta.json").write_text(json.dumps(meta, indent=2))
+    all_tokens = np.concatenate(tokens).astype(np.uint16)
+    np.save(part / "tokens.npy", all_tokens)
+    np.save(part / "cond.npy", np.concatenate(conds).astype(np.float16))
+    (part / "meta.json").write_text(json.dumps({**meta, "rows": len(all_tokens)}, indent=2))
     return part
 
 
 class PrecomputedDataset(Dataset):
     """Map-style view over every part of a cache: {"tokens": int64 (n,), "cond": float32 (D,)}."""
 
-    def __init__(self, path: str | Path, expect: dict[str, Any] | None = None) -> None:
+    def __init__(self, path: str | Path) -> None:
         root = Path(path)
         parts = sorted(root.glob("part-*"))
         if not parts:
@@ -83,8 +58,6 @@ class PrecomputedDataset(Dataset):
                     {k: v for k, v in self.meta.items() if k != "rows"}:
                 raise ValueError(f"cache parts {parts[0].name} and {p.name} were made with "
                                  "different encoders")
-        if expect is not None:
-            check_identity(self.meta, expect, f"precomputed cache {root}")
         self.tokens = [np.load(p / "tokens.npy", mmap_mode="r") for p in parts]
         self.cond = [np.load(p / "cond.npy", mmap_mode="r") for p in parts]
         self.offsets = np.cumsum([0] + [len(t) for t in self.tokens])
@@ -99,14 +72,3 @@ class PrecomputedDataset(Dataset):
         row = index - int(self.offsets[part])
         return {"tokens": torch.from_numpy(self.tokens[part][row].astype(np.int64)),
                 "cond": torch.from_numpy(self.cond[part][row].astype(np.float32))}
-
-
-def check_identity(found: dict[str, Any], expected: dict[str, Any], what: str) -> None:
-    """Raise a clear error when `what` was made with another VQGAN or CLIP than expected."""
-    diffs = [f"{k}: {found.get(k)!r} there, {expected[k]!r} here"
-             for k in ("vqgan", "clip", "clip_arch", "n_tokens", "vocab_size", "cond_dim")
-             if k in expected and found.get(k) != expected[k]]
-    if diffs:
-        raise ValueError(f"{what} was made with other encoders than the ones configured ("
-                         + "; ".join(diffs) + "). Use the VQGAN and CLIP it was made with, or "
-                         "rebuild it with these")

@@ -1,6 +1,6 @@
 """The Shapes world: a procedural, captioned image domain rendered from a seed.
 
-The constants in this module are normative (see SHAPES.md in the project docs): evaluation
+The constants in this module are normative (docs/SHAPES.md): evaluation
 code reads attributes back from pixels and relies on these exact values.
 """
 

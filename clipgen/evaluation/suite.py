@@ -7,7 +7,6 @@ import hashlib
 import json
 import logging
 import time
-from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,29 +19,32 @@ from tqdm import tqdm
 
 from clipgen.data.transforms import from_uint8, to_pil, to_uint8
 from clipgen.distributed import process_rank
-from clipgen.evaluation.generation import (
+from clipgen.evaluation.prompts import EvalPrompt
+from clipgen.evaluation.sharded_generation import (
     ImageGenerator,
     generate_images,
     missing_images,
     read_images,
 )
-from clipgen.evaluation.prompts import EvalPrompt
-from clipgen.methods import generate_by_method
+from clipgen.generation.generators import generate_by_method
+from clipgen.generation.settings import build_generator, method_settings, resolve_device
+from clipgen.generation.text_to_image import TextToImage
+from clipgen.metrics.attributes import attribute_accuracy
 from clipgen.metrics.caps import CaptionScorer, caps_from_nll
 from clipgen.metrics.clip_score import clip_scores
 from clipgen.metrics.frechet import CLIPImageFeatures, FrechetSet, state_from_npz
 from clipgen.metrics.inception import InceptionFeatures, find_inception_weights
 from clipgen.metrics.shapes_reader import read_attributes
+from clipgen.models.bundle import bundle_clip, default_bundle
 from clipgen.models.clip import FrozenCLIP
-from clipgen.pipeline import TextToImage, bundle_clip, default_bundle
-from clipgen.sample_run import build_generator, method_settings, resolve_device
 
 log = logging.getLogger(__name__)
 
 
 def generator_settings(cfg: DictConfig) -> dict[str, Any]:
     """What the images depend on: recorded in the folder's manifest."""
-    return {"method": cfg.method, "model": {k: str(cfg.get(k)) for k in ("bundle", "vqgan", "gpt")},
+    models = {k: str(cfg.get(k)) for k in ("bundle", "vqgan", "prior")}
+    return {"method": cfg.method, "model": models,
             "settings": method_settings(cfg), "n_candidates": cfg.n_candidates,
             "batch_size": cfg.batch_size, "seed": cfg.seed}
 
@@ -114,24 +116,6 @@ def fill_reference(fd: FrechetSet, cfg: DictConfig, path: Path) -> None:
         log.warning("%d unreadable real images skipped", skipped)
     fd.save_real(path)
     log.info("reference statistics (%d images) cached in %s", fd.real_count(), path)
-
-
-def attribute_accuracy(reads: list[dict], prompts: Sequence[EvalPrompt]) -> dict[str, Any]:
-    """Per attribute named in the prompts: the fraction of images whose read-back value matches,
-    overall and per prompt group; plus colour-and-shape jointly."""
-    hits: dict[str, dict[str, list[bool]]] = defaultdict(lambda: defaultdict(list))
-    for read, prompt in zip(reads, prompts):
-        named = prompt.attributes
-        for key, value in named.items():
-            for group in ("all", prompt.group):
-                hits[group][key].append(read.get(key) == value)
-        if "color" in named and "shape" in named:
-            both = read.get("color") == named["color"] and read.get("shape") == named["shape"]
-            for group in ("all", prompt.group):
-                hits[group]["color_and_shape"].append(both)
-    return {group: {key: {"accuracy": round(sum(v) / len(v), 4), "n": len(v)}
-                    for key, v in sorted(by_key.items())}
-            for group, by_key in hits.items()}
 
 
 @torch.no_grad()
@@ -224,7 +208,6 @@ def build_image_generator(cfg: DictConfig, device: torch.device) -> ImageGenerat
 def run_suite(cfg: DictConfig) -> dict[str, Any] | None:
     """The configured steps (`generate`, `metrics`) of one suite; returns the report when the
     metrics step ran."""
-    torch.set_flush_denormal(True)
     device = resolve_device(cfg.device)
     prompts: list[EvalPrompt] = instantiate(cfg.suite.prompts)
     if cfg.suite.get("limit"):
@@ -257,3 +240,19 @@ def run_suite(cfg: DictConfig) -> dict[str, Any] | None:
               "metrics": score_images(cfg, prompts, out_dir, device)}
     write_report(report, out_dir, len(prompts))
     return report
+
+
+def suite_summary(report: dict[str, Any]) -> dict[str, Any]:
+    """The headline figures of a suite report: attribute accuracy (all and held-out), CLIP
+    score, FD on CLIP features and generation time per image."""
+    m = report["metrics"]
+    attrs = m.get("attributes", {})
+
+    def acc(group: str, key: str) -> float | None:
+        return attrs.get(group, {}).get(key, {}).get("accuracy")
+
+    return {"color": acc("all", "color"), "shape": acc("all", "shape"),
+            "color_and_shape": acc("all", "color_and_shape"),
+            "heldout_color_and_shape": acc("heldout", "color_and_shape"),
+            "clip_score_100": m.get("clip_score_100"), "fd_clip": m.get("fd_clip"),
+            "seconds_per_image": report["timing"].get("seconds_per_image")}

@@ -9,13 +9,25 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from clipgen.checkpoint import dataclass_from_dict
+from clipgen.checkpoint import (
+    clipgen_metadata,
+    dataclass_from_dict,
+    load_safetensors,
+    load_state_dict_strict,
+    load_torch_file,
+    strip_prefix,
+)
+from clipgen.models.clip import FrozenCLIP
+from clipgen.models.encoders import check_identity, encoder_identity
+from clipgen.models.vqgan import VQGAN
 
 
 @dataclass
@@ -90,8 +102,50 @@ class CLIPPrior(nn.Module):
         out = self.gpt(inputs_embeds=inputs_embeds, past_key_values=past, use_cache=True)
         return out.logits[:, -1], out.past_key_values
 
+    def flops_per_token(self, context: int) -> float:
+        """Forward FLOPs of one token attending to `context` positions: 2 x (non-embedding
+        weights + output head) plus attention scores and weighted sums."""
+        c = self.config
+        block = 12 * c.n_embd ** 2
+        head = c.n_embd * c.vocab_size
+        attention = 2 * c.n_embd * context
+        return 2 * (c.n_layer * block + head) + c.n_layer * 2 * attention
+
+    def sampling_flops(self, batch: int, cached: bool = True) -> float:
+        """Model FLOPs of sampling every token of `batch` rows: with a key/value cache each
+        position runs once; without one, every step reruns the prefix and tokens so far."""
+        total = self.config.n_prefix + self.config.n_tokens
+        if cached:
+            return batch * sum(self.flops_per_token(t) for t in range(1, total))
+        return batch * sum(sum(self.flops_per_token(t) for t in range(1, length + 1))
+                           for length in range(self.config.n_prefix, total))
+
     def full_logits(self, prefix: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """Logits of the next token after [prefix, tokens], recomputing the whole sequence
         (no cache)."""
         inputs = torch.cat([prefix, self.gpt.transformer.wte(tokens)], dim=1)
         return self.gpt(inputs_embeds=inputs, use_cache=False).logits[:, -1]
+
+
+def load_prior(path: str | Path, vqgan: VQGAN, clip: FrozenCLIP) -> CLIPPrior:
+    """The prior of a stage-2 checkpoint (`.ckpt`) or export (`prior.safetensors` with its
+    `prior.yaml`), checked against the VQGAN and CLIP it will be used with: a prior means
+    nothing with another tokenizer or CLIP."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        sidecar = path.with_suffix(".yaml")
+        if not path.is_file() or not sidecar.is_file():
+            raise FileNotFoundError(f"stage-2 weights {path} and {sidecar} are both needed")
+        meta = OmegaConf.to_container(OmegaConf.load(sidecar), resolve=True)
+        arch, encoders, state = meta["arch"], meta["encoders"], load_safetensors(path)
+    else:
+        checkpoint = load_torch_file(path)
+        meta = clipgen_metadata(checkpoint, path)
+        if meta["stage"] != "prior":
+            raise ValueError(f"{path} is a {meta['stage']!r} checkpoint, not a stage-2 one")
+        arch, encoders = meta["prior"], meta["encoders"]
+        state = strip_prefix(checkpoint["state_dict"], "prior.")
+    check_identity(encoders, encoder_identity(vqgan, clip), f"stage-2 weights {path}")
+    prior = CLIPPrior(PriorConfig.from_dict(arch))
+    load_state_dict_strict(prior, state, what=f"stage-2 weights {path.name}")
+    return prior.eval().requires_grad_(False)

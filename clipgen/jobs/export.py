@@ -33,7 +33,7 @@ def stage_weights(checkpoint: dict[str, Any], stage: str, use_ema: bool = True) 
         return {k: v for k, v in weights.items() if not k.startswith("loss.")}
     if stage == "clip":
         return strip_prefix(state, "model.")
-    if stage == "gpt":
+    if stage == "prior":
         return strip_prefix(state, "prior.")
     raise ValueError(f"no export for stage {stage!r}")
 
@@ -52,7 +52,7 @@ def export_checkpoint(path: str | Path, out_dir: str | Path, use_ema: bool = Tru
     stage = meta["stage"]
     weights = stage_weights(checkpoint, stage, use_ema)
     if half:
-        if stage != "gpt":
+        if stage != "prior":
             raise ValueError(
                 f"--half applies to the prior only: a {stage} rounded to fp16 would no longer "
                 "match the fingerprint that priors trained with it record")
@@ -62,7 +62,7 @@ def export_checkpoint(path: str | Path, out_dir: str | Path, use_ema: bool = Tru
     target = out / f"{stage}.safetensors"
     save_safetensors(weights, target, metadata={"stage": stage, "source": Path(path).name})
     extra = {}
-    if stage == "gpt":
+    if stage == "prior":
         arch, extra = meta["prior"], {"encoders": meta["encoders"]}
     else:
         arch = meta["config"]["model"][stage]
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("out_dir", help="folder for <stage>.safetensors and <stage>.yaml")
     parser.add_argument("--no-ema", action="store_true", help="export raw, not EMA, weights")
     parser.add_argument("--half", action="store_true",
-                        help="store the prior's weights as fp16 (gpt exports only)")
+                        help="store the prior's weights as fp16 (prior exports only)")
     args = parser.parse_args(argv)
     target = export_checkpoint(args.checkpoint, args.out_dir, use_ema=not args.no_ema,
                                half=args.half)

@@ -8,20 +8,20 @@ from typing import Any
 import open_clip
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
 from open_clip.loss import ClipLoss
 
 from clipgen.data.shapes import ATTRIBUTE_VALUES
 from clipgen.lit.base import ClipgenModule
 from clipgen.lit.optim import adamw_with_schedule, decay_groups
-from clipgen.metrics.clip_zero_shot import retrieval_r1, zero_shot_accuracy
+from clipgen.metrics.zero_shot import retrieval_r1, zero_shot_accuracy
 from clipgen.models.clip import clip_preprocess, create_clip, preprocess_stats, tokenize_prompts
 
 MAX_LOGIT_SCALE = math.log(100.0)
 
 
 class CLIPModule(ClipgenModule):
-    """Trains a (small, registered) open_clip architecture from scratch on captioned images."""
+    """Trains a (small, registered) open_clip architecture from scratch on captioned images.
+    Built by Hydra from `configs/stage/clip.yaml`."""
 
     stage = "clip"
 
@@ -95,11 +95,3 @@ class CLIPModule(ClipgenModule):
                               exclude=("logit_scale", "embedding", "bn"))
         return adamw_with_schedule(groups, self.lr, (0.9, 0.98), self.warmup_steps,
                                    self.max_steps, eps=1e-6)
-
-
-def build_clip_module(cfg: DictConfig) -> CLIPModule:
-    """Build the CLIP-training module from the run config (`cfg.model.clip`, `cfg.model.optim`)."""
-    c, opt = cfg.model.clip, cfg.model.optim
-    return CLIPModule(c.arch, c.get("pretrained"), lr=opt.lr, weight_decay=opt.weight_decay,
-                      warmup_steps=opt.warmup_steps, max_steps=cfg.trainer.max_steps,
-                      run_config=OmegaConf.to_container(cfg, resolve=True))

@@ -14,12 +14,25 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, Logger
 
-from clipgen.checkpoint_io import AtomicCheckpointIO
 from clipgen.data.datamodule import LogSkippedSamples
+from clipgen.lit.base import ClipgenModule
+from clipgen.lit.checkpoint_io import AtomicCheckpointIO
 from clipgen.run_info import effective_batch, git_commit
-from clipgen.stages import build_stage
 
 log = logging.getLogger(__name__)
+
+
+def build_stage(cfg: DictConfig) -> ClipgenModule:
+    """The LightningModule of the chosen stage, instantiated from `cfg.stage.module` (its
+    `_target_` and arguments) with the whole resolved run config stored for checkpoints."""
+    if not cfg.get("stage"):
+        raise ValueError("no stage chosen: pass stage=<vqgan|clip|prior> (configs/stage/) or an "
+                         "experiment=<name> that sets one (configs/experiment/)")
+    module = hydra.utils.instantiate(cfg.stage.module)
+    # Set after construction: as a constructor argument, Hydra would instantiate every
+    # `_target_` inside the run config (data, trainer, logger) too.
+    module.run_config = OmegaConf.to_container(cfg, resolve=True)
+    return module
 
 
 def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> str | None:
@@ -81,7 +94,6 @@ def build_logger(cfg: DictConfig) -> Logger | bool:
 
 def run_training(cfg: DictConfig) -> pl.Trainer:
     """Train `cfg.stage` as configured; return the fitted Trainer."""
-    torch.set_flush_denormal(True)  # denormals make CPU steps several times slower
     pl.seed_everything(cfg.seed, workers=True)
     run_dir = Path(cfg.run_dir)
     module = build_stage(cfg)
@@ -95,7 +107,7 @@ def run_training(cfg: DictConfig) -> pl.Trainer:
     overrides = {}
     if cfg.trainer.get("strategy") == "ddp" and getattr(module, "ddp_unused_parameters", False):
         overrides["strategy"] = "ddp_find_unused_parameters_true"
-        log.info("stage %s: DDP with unused-parameter detection", cfg.stage)
+        log.info("stage %s: DDP with unused-parameter detection", cfg.stage.name)
     checkpoints = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True,
                                   every_n_train_steps=cfg.checkpoint_every_n_steps,
                                   save_top_k=-1 if cfg.get("keep_all_checkpoints") else 1)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from clipgen.guidance.latents import clip_similarity, decode_latents, random_latents
+from clipgen.generation.clip_guided.latents import clip_similarity, decode_latents, random_latents
 from clipgen.models.clip import FrozenCLIP
 from clipgen.models.vqgan import VQGAN
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from clipgen.guidance.latents import (
+from clipgen.generation.clip_guided.latents import (
     clip_similarity,
     decode_latents,
     image_latents,

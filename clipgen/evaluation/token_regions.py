@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 
 from clipgen.data.datamodule import collate_samples
 from clipgen.data.shapes_dataset import ShapesDataset
-from clipgen.pipeline import TextToImage
+from clipgen.generation.text_to_image import TextToImage
 
 REGIONS = ("object", "near background", "far background", "border")
 

@@ -2,33 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
 
-from clipgen.checkpoint import (
-    clipgen_metadata,
-    load_safetensors,
-    load_state_dict_strict,
-    load_torch_file,
-    strip_prefix,
-)
-from clipgen.data.precomputed import (
-    PrecomputedDataset,
-    check_identity,
-    encode_batch,
-    encoder_identity,
-)
+from clipgen.checkpoint import dataclass_from_dict
+from clipgen.data.precomputed import PrecomputedDataset
+from clipgen.generation.sampling import SamplingConfig, sample_tokens
 from clipgen.lit.base import ClipgenModule
 from clipgen.lit.optim import adamw_with_schedule, decay_groups
 from clipgen.models.clip import FrozenCLIP
+from clipgen.models.encoders import check_identity, encode_batch, encoder_identity
 from clipgen.models.prior import CLIPPrior, PriorConfig
-from clipgen.models.vqgan import VQGAN, load_vqgan
-from clipgen.sampling import SamplingConfig, sample_tokens
+from clipgen.models.vqgan import VQGAN
 
 
 @dataclass
@@ -94,12 +83,22 @@ class FrozenEncoders:
 
 
 class PriorModule(ClipgenModule):
-    stage = "gpt"
+    """Trains the prior against a frozen VQGAN and CLIP. Built by Hydra from
+    `configs/stage/prior.yaml`; `prior` may leave out `vocab_size`, `n_tokens` and `cond_dim`,
+    which are then read off the encoders."""
 
-    def __init__(self, prior: PriorConfig, vqgan: VQGAN, clip: FrozenCLIP,
-                 train: PriorTrainConfig, run_config: dict[str, Any] | None = None) -> None:
+    stage = "prior"
+
+    def __init__(self, prior: PriorConfig | Mapping[str, Any], vqgan: VQGAN, clip: FrozenCLIP,
+                 train: PriorTrainConfig | Mapping[str, Any],
+                 run_config: dict[str, Any] | None = None) -> None:
         super().__init__(run_config)
         self.identity = encoder_identity(vqgan, clip)
+        if isinstance(prior, Mapping):
+            derived = {k: self.identity[k] for k in ("vocab_size", "n_tokens", "cond_dim")}
+            prior = PriorConfig.from_dict({**derived, **prior})
+        if isinstance(train, Mapping):
+            train = dataclass_from_dict(PriorTrainConfig, train, "prior training")
         for key, value in (("vocab_size", prior.vocab_size), ("n_tokens", prior.n_tokens),
                            ("cond_dim", prior.cond_dim)):
             if self.identity[key] != value:
@@ -191,46 +190,3 @@ class PriorModule(ClipgenModule):
         super().on_save_checkpoint(checkpoint)
         checkpoint["clipgen"]["encoders"] = self.identity
         checkpoint["clipgen"]["prior"] = self.prior.config.to_dict()
-
-
-def build_prior_module(cfg: DictConfig) -> PriorModule:
-    """Stage 2 from the run config: `model.tokenizer` (VQGAN weights), `model.clip`,
-    `model.prior` (size) and `model.train` (objective, optimiser, sample grid)."""
-    m = cfg.model
-    arch = m.tokenizer.get("arch")
-    vqgan = load_vqgan(m.tokenizer.path,
-                       OmegaConf.to_container(arch, resolve=True) if arch else None)
-    clip = FrozenCLIP(m.clip.arch, m.clip.get("pretrained"))
-    h, w = vqgan.token_grid()
-    prior = PriorConfig.from_dict({**OmegaConf.to_container(m.prior, resolve=True),
-                                   "vocab_size": vqgan.config.n_embed, "n_tokens": h * w,
-                                   "cond_dim": clip.embed_dim})
-    train = PriorTrainConfig(**OmegaConf.to_container(m.train, resolve=True))
-    if train.max_steps != cfg.trainer.max_steps:
-        train.max_steps = cfg.trainer.max_steps  # the schedule spans the whole run
-    return PriorModule(prior, vqgan, clip, train,
-                       run_config=OmegaConf.to_container(cfg, resolve=True))
-
-
-def load_prior(path: str | Path, vqgan: VQGAN, clip: FrozenCLIP) -> CLIPPrior:
-    """The prior of a stage-2 checkpoint (`.ckpt`) or export (`gpt.safetensors` with its
-    `gpt.yaml`), checked against the VQGAN and CLIP it will be used with: a prior means
-    nothing with another tokenizer or CLIP."""
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        sidecar = path.with_suffix(".yaml")
-        if not path.is_file() or not sidecar.is_file():
-            raise FileNotFoundError(f"stage-2 weights {path} and {sidecar} are both needed")
-        meta = OmegaConf.to_container(OmegaConf.load(sidecar), resolve=True)
-        arch, encoders, state = meta["arch"], meta["encoders"], load_safetensors(path)
-    else:
-        checkpoint = load_torch_file(path)
-        meta = clipgen_metadata(checkpoint, path)
-        if meta["stage"] != "gpt":
-            raise ValueError(f"{path} is a {meta['stage']!r} checkpoint, not a stage-2 one")
-        arch, encoders = meta["prior"], meta["encoders"]
-        state = strip_prefix(checkpoint["state_dict"], "prior.")
-    check_identity(encoders, encoder_identity(vqgan, clip), f"stage-2 weights {path}")
-    prior = CLIPPrior(PriorConfig.from_dict(arch))
-    load_state_dict_strict(prior, state, what=f"stage-2 weights {path.name}")
-    return prior.eval().requires_grad_(False)

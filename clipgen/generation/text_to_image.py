@@ -7,37 +7,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from clipgen.lit.prior import load_prior
+from clipgen.generation.sampling import SamplingConfig, rerank, sample_tokens
+from clipgen.models.bundle import bundle_clip, check_bundle
 from clipgen.models.clip import FrozenCLIP
-from clipgen.models.prior import CLIPPrior
+from clipgen.models.prior import CLIPPrior, load_prior
 from clipgen.models.vqgan import VQGAN, load_vqgan
-from clipgen.sampling import SamplingConfig, rerank, sample_tokens
-
-BUNDLE_FILES = ("vqgan.safetensors", "vqgan.yaml", "clip.safetensors", "clip.yaml",
-                "gpt.safetensors", "gpt.yaml")
-
-
-def default_bundle() -> Path:
-    """The Shapes bundle shipped inside the package."""
-    return Path(__file__).parent / "assets" / "shapes"
-
-
-def check_bundle(folder: Path) -> None:
-    missing = [f for f in BUNDLE_FILES if not (folder / f).is_file()]
-    if missing:
-        raise FileNotFoundError(
-            f"model bundle {folder} lacks {', '.join(missing)}. A bundle holds the exports "
-            "of the three stages: `clipgen-export <checkpoint> <folder>` for the vqgan, clip "
-            "and gpt checkpoints (see README)")
-
-
-def bundle_clip(folder: str | Path) -> tuple[str, Path]:
-    """The CLIP architecture name and weights file of a bundle."""
-    folder = Path(folder)
-    return OmegaConf.load(folder / "clip.yaml").arch.arch, folder / "clip.safetensors"
 
 
 @dataclass
@@ -61,12 +37,12 @@ class TextToImage:
 
     @classmethod
     def from_bundle(cls, folder: str | Path, device: str | torch.device = "cpu") -> TextToImage:
-        """Load `vqgan`, `clip` and `gpt` exports (safetensors + yaml) from one folder."""
+        """Load `vqgan`, `clip` and `prior` exports (safetensors + yaml) from one folder."""
         folder = Path(folder)
         check_bundle(folder)
         clip_arch, clip_weights = bundle_clip(folder)
         return cls.from_files(folder / "vqgan.safetensors", clip_arch, clip_weights,
-                              folder / "gpt.safetensors", device)
+                              folder / "prior.safetensors", device)
 
     @classmethod
     def from_files(cls, vqgan: str | Path, clip_arch: str, clip_weights: str | Path | None,

@@ -18,10 +18,10 @@ from clipgen.data.shapes import prompt_for
 from clipgen.data.shapes_dataset import ShapesDataset
 from clipgen.data.transforms import to_pil
 from clipgen.evaluation.prompts import EvalPrompt
-from clipgen.evaluation.suite import attribute_accuracy
+from clipgen.generation.sampling import SamplingConfig
+from clipgen.generation.text_to_image import TextToImage
+from clipgen.metrics.attributes import attribute_accuracy
 from clipgen.metrics.shapes_reader import read_attributes
-from clipgen.pipeline import TextToImage
-from clipgen.sampling import SamplingConfig
 
 CONDITIONS = ("image", "text")
 

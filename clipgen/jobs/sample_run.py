@@ -9,21 +9,16 @@ import re
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from PIL import Image
 from torchvision.utils import make_grid
 
 from clipgen.data.transforms import image_transform, to_pil
-from clipgen.methods import METHODS, generate_by_method, save_animation
-from clipgen.pipeline import TextToImage, default_bundle
+from clipgen.generation.generators import generate_by_method, save_animation
+from clipgen.generation.settings import build_generator, method_settings, resolve_device
+from clipgen.generation.text_to_image import TextToImage
 
 log = logging.getLogger(__name__)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def read_prompts(cfg: DictConfig) -> list[str]:
@@ -43,26 +38,6 @@ def read_prompts(cfg: DictConfig) -> list[str]:
     return [str(p) for p in prompts]  # empty ones are refused by the CLIP tokenizer
 
 
-def build_generator(cfg: DictConfig, device: torch.device) -> TextToImage:
-    pieces = (cfg.get("vqgan"), cfg.clip.get("arch"), cfg.get("gpt"))
-    if any(pieces):
-        if not all(pieces):
-            raise ValueError("giving pieces separately needs vqgan=, clip.arch= (with "
-                             "clip.pretrained=) and gpt= together; or give bundle=<folder>")
-        return TextToImage.from_files(cfg.vqgan, cfg.clip.arch, cfg.clip.get("pretrained"),
-                                      cfg.gpt, device)
-    return TextToImage.from_bundle(cfg.get("bundle") or default_bundle(), device)
-
-
-def method_settings(cfg: DictConfig) -> dict:
-    """The config section of the chosen method: `sampling`, `optimize` or `evolve`."""
-    method = cfg.get("method", "clipgen")
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
-    section = "sampling" if method == "clipgen" else method
-    return OmegaConf.to_container(cfg[section], resolve=True)
-
-
 def read_image(path: str, generator: TextToImage) -> torch.Tensor:
     """An image file as a (1, 3, R, R) tensor in [-1, 1] at the VQGAN's resolution."""
     file = Path(path)
@@ -78,7 +53,6 @@ def slug(text: str, limit: int = 40) -> str:
 
 def run_sampling(cfg: DictConfig) -> Path:
     """Generate for every prompt (or the image) and write the results into `cfg.out_dir`."""
-    torch.set_flush_denormal(True)
     device = resolve_device(cfg.device)
     generator = build_generator(cfg, device)
     method = cfg.get("method", "clipgen")

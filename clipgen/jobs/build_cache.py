@@ -4,20 +4,43 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 import hydra
+import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, IterableDataset, Subset
+from tqdm import tqdm
 
 from clipgen.data.datamodule import collate_samples
-from clipgen.data.precomputed import write_cache_part
+from clipgen.data.precomputed import check_vocab_fits, write_cache_part
 from clipgen.distributed import process_rank
 from clipgen.models.clip import FrozenCLIP
-from clipgen.models.vqgan import load_vqgan
+from clipgen.models.encoders import encode_batch, encoder_identity
+from clipgen.models.vqgan import VQGAN, load_vqgan
 
 log = logging.getLogger(__name__)
+
+
+def encode_to_cache(batches: Iterable[dict], vqgan: VQGAN, clip: FrozenCLIP,
+                    out_dir: str | Path, rank: int = 0, flip: bool = True,
+                    device: str | torch.device = "cpu", total: int | None = None) -> Path:
+    """Encode every batch (dicts with "image") and write this process's part of the cache."""
+    identity = encoder_identity(vqgan, clip)
+    check_vocab_fits(identity["vocab_size"])
+    tokens: list[np.ndarray] = []
+    conds: list[np.ndarray] = []
+    for batch in tqdm(batches, desc=f"precompute part {rank}", total=total):
+        if not batch:
+            continue
+        images = batch["image"].to(device)
+        for view in [images, images.flip(-1)] if flip else [images]:
+            t, c = encode_batch(view, vqgan, clip)
+            tokens.append(t.cpu().numpy())
+            conds.append(c.cpu().numpy())
+    return write_cache_part(tokens, conds, {**identity, "flip": flip}, out_dir, rank)
 
 
 def run_precompute(cfg: DictConfig) -> list[Path]:
@@ -29,7 +52,6 @@ def run_precompute(cfg: DictConfig) -> list[Path]:
     # webdataset splits shards by these variables when torch.distributed is not initialised
     os.environ.setdefault("RANK", str(rank))
     os.environ.setdefault("WORLD_SIZE", str(world))
-    torch.set_flush_denormal(True)
     device = torch.device(cfg.device)
     arch = cfg.model.tokenizer.get("arch")
     vqgan = load_vqgan(cfg.model.tokenizer.path,
@@ -47,8 +69,8 @@ def run_precompute(cfg: DictConfig) -> list[Path]:
                             num_workers=cfg.data.get("num_workers", 0),
                             collate_fn=collate_samples)
         total = len(loader) if not isinstance(dataset, IterableDataset) else None
-        part = write_cache_part(loader, vqgan, clip, Path(cfg.cache_dir) / split, rank=rank,
-                                flip=cfg.flip, device=device, total=total)
+        part = encode_to_cache(loader, vqgan, clip, Path(cfg.cache_dir) / split, rank=rank,
+                               flip=cfg.flip, device=device, total=total)
         log.info("wrote %s", part)
         parts.append(part)
     return parts

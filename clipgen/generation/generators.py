@@ -11,10 +11,10 @@ import torch
 from torchvision.utils import make_grid
 
 from clipgen.data.transforms import to_pil
-from clipgen.guidance.evolve import EvolveConfig, evolve_latents
-from clipgen.guidance.optimize import OptimizeConfig, optimize_latents
-from clipgen.pipeline import Generation, TextToImage
-from clipgen.sampling import SamplingConfig
+from clipgen.generation.clip_guided.evolve import EvolveConfig, evolve_latents
+from clipgen.generation.clip_guided.optimize import OptimizeConfig, optimize_latents
+from clipgen.generation.sampling import SamplingConfig
+from clipgen.generation.text_to_image import Generation, TextToImage
 
 METHODS = ("clipgen", "optimize", "evolve")
 

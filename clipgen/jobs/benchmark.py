@@ -13,7 +13,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig
 
-from clipgen.stages import build_stage
+from clipgen.jobs.training import build_stage
 
 
 class StepTimer(pl.Callback):
@@ -45,7 +45,6 @@ def machine_description() -> dict[str, Any]:
 def measure_training(cfg: DictConfig, warmup: int, steps: int) -> dict[str, Any]:
     """Train `cfg.stage` for warmup + steps batches (no validation, logging or checkpoints)
     and report the median step time."""
-    torch.set_flush_denormal(True)
     pl.seed_everything(cfg.seed)
     module = build_stage(cfg)
     datamodule = hydra.utils.instantiate(cfg.data)
@@ -57,7 +56,7 @@ def measure_training(cfg: DictConfig, warmup: int, steps: int) -> dict[str, Any]
     times = sorted(timer.times)
     median = times[len(times) // 2]
     batch = cfg.data.batch_size
-    row = {"stage": cfg.stage, "batch_size": batch, "steps_timed": len(times),
+    row = {"stage": cfg.stage.name, "batch_size": batch, "steps_timed": len(times),
            "median_step_s": round(median, 4), "steps_per_s": round(1 / median, 3),
            "images_per_s": round(batch / median, 2)}
     tokens = getattr(module, "tokens_per_sample", None)

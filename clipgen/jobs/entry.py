@@ -1,0 +1,34 @@
+"""The start-up every entry point shares (`train.py`, `sample.py`, `precompute.py`, `eval/*`):
+CPU settings once, and the user's mistakes as one clear line and exit status 2 instead of a
+traceback."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import torch
+from omegaconf import DictConfig
+
+from clipgen.checkpoint import CheckpointMismatchError
+
+T = TypeVar("T")
+# Errors that name a bad setting or a missing file: the message is the whole story.
+USER_ERRORS = (FileNotFoundError, ValueError, CheckpointMismatchError)
+
+
+def start_up() -> None:
+    """Process-wide settings: flush denormal floats to zero (they made CPU steps 3x slower)."""
+    torch.set_flush_denormal(True)
+
+
+def run_job(job: Callable[[DictConfig], T], cfg: DictConfig, *args: Any) -> T:
+    """Run `job(cfg, *args)` after `start_up()`; a user error prints `error: <message>` on
+    stderr and exits with status 2."""
+    start_up()
+    try:
+        return job(cfg, *args)
+    except USER_ERRORS as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
