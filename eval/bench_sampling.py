@@ -1,12 +1,13 @@
-"""Sampling speed: KV cache versus recomputing the whole sequence at every step (what some
-public implementations do), same weights and settings, in one run:
+"""Sampling speed: the static-cache decoder against the Hugging Face reference and full
+recomputation, fp32 and bf16, batch 1 / 4 / 16, in one run:
 
-    python eval/bench_sampling.py [models=[shapes_small,gpt2_medium]] [batches=[1,16]]
+    python eval/bench_sampling.py [models=[gpt_8x512]] [batches=[1,4,16]] [dtypes=[float32]]
+        [compile=[false,true]] [guidance_scale=3] [device=cuda]
 
-Models have random weights (speed does not depend on them); sizes in
-configs/bench_sampling.yaml. Reports tokens/s and sequences/s (token sampling only; VQGAN
-decoding excluded), the cache speed-up, and model FLOP/s as a fraction of this machine's fp32
-matmul FLOP/s measured in the same run. Prints JSON and a markdown table."""
+Models have random weights (sizes in configs/bench_sampling.yaml). Reports tokens/s (token
+sampling only; VQGAN decoding excluded), the fraction of the weight-read roofline (weight bytes
+per step / copy bandwidth, measured in the same run) and of matmul peak in that precision, and
+the speed-up over full recomputation in fp32. Prints JSON and a markdown table."""
 
 import hydra
 from omegaconf import DictConfig
@@ -14,7 +15,7 @@ from omegaconf import DictConfig
 from clipgen.generation.settings import resolve_device
 from clipgen.jobs.benchmark import machine_description, print_report
 from clipgen.jobs.entry import run_job
-from clipgen.jobs.sampling_benchmark import matmul_flops, sampling_rows
+from clipgen.jobs.sampling_benchmark import measure_machine, sampling_rows
 from clipgen.models.prior import PriorConfig
 
 
@@ -23,17 +24,20 @@ def bench(cfg: DictConfig) -> tuple[list[dict], dict]:
     unknown = set(cfg.models) - set(cfg.sizes)
     if unknown:
         raise ValueError(f"unknown models {sorted(unknown)}; known: {sorted(cfg.sizes)}")
-    peak = matmul_flops(device)
+    machine = measure_machine(device, sorted({"float32", *cfg.dtypes}))
     models = {name: PriorConfig.from_dict(cfg.sizes[name]) for name in cfg.models}
-    rows = sampling_rows(models, list(cfg.batches), device, cfg.max_uncached_s, peak)
-    return rows, {**machine_description(), "matmul_gflops": round(peak / 1e9, 1)}
+    rows = sampling_rows(models, list(cfg.batches), list(cfg.decoders), list(cfg.dtypes),
+                         list(cfg.compile), device, machine, cfg.guidance_scale, cfg.top_k,
+                         cfg.max_seconds)
+    info = {**machine_description(), "bandwidth_gb_s": round(machine.bandwidth / 1e9, 1),
+            **{f"matmul_gflops_{d}": round(f / 1e9, 1) for d, f in machine.matmul.items()}}
+    return rows, info
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="bench_sampling")
 def main(cfg: DictConfig) -> None:
     rows, info = run_job(bench, cfg)
-    print_report(rows, f"sampling speed on {info.get('gpu', info['cpu'])} "
-                       f"({info['matmul_gflops']} GFLOP/s fp32 matmul)")
+    print_report(rows, f"sampling speed on {info.get('gpu', info['cpu'])}")
     print(info)
 
 

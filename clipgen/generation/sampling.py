@@ -1,13 +1,26 @@
-"""Autoregressive sampling of image tokens from the prior: KV cache, top-k / top-p / temperature,
-classifier-free guidance (conditional and null rows in one batch), CLIP reranking."""
+"""Autoregressive sampling of image tokens from the prior: top-k / top-p / temperature,
+classifier-free guidance (conditional and null rows in one batch, optionally on an interval of
+positions), CLIP reranking.
+
+Three decoders produce the logits, selected by `SamplingConfig.decoder`: `static` (default:
+clipgen's static-cache decoder, `clipgen.generation.decoder`), `hf` (Hugging Face GPT-2 with
+its dynamic cache, the reference) and `recompute` (the whole sequence again at every step, as
+some public implementations do). For the same seed and precision they sample the same tokens.
+"""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
+from clipgen.generation.decoder import StaticDecoder, decoder_weights, resolve_dtype
 from clipgen.models.prior import CLIPPrior
+
+DECODERS = ("static", "hf", "recompute")
 
 
 @dataclass
@@ -16,7 +29,12 @@ class SamplingConfig:
     top_k: int | None = None
     top_p: float | None = None
     guidance_scale: float = 1.0  # 1 = plain conditional sampling (no null rows)
-    use_cache: bool = True
+    # [start, end) token positions where guidance applies (None: every position); after the
+    # last guided position the static decoder drops the null rows
+    guidance_interval: Sequence[int] | None = None
+    decoder: str = "static"  # static, hf (reference) or recompute
+    dtype: str = "auto"  # auto (bf16 where the hardware runs it fast), float32, bfloat16, float16
+    compile: bool = False  # torch.compile the static decoder's step (CUDA graphs on GPU)
 
     def __post_init__(self) -> None:
         if self.temperature < 0:
@@ -25,6 +43,34 @@ class SamplingConfig:
             raise ValueError(f"top_k must be >= 1, got {self.top_k}")
         if self.top_p is not None and not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must lie in (0, 1], got {self.top_p}")
+        if self.decoder not in DECODERS:
+            raise ValueError(f"decoder must be one of {', '.join(DECODERS)}, got {self.decoder!r}")
+        if self.guidance_interval is not None:
+            interval = list(self.guidance_interval)
+            if len(interval) != 2 or not 0 <= interval[0] <= interval[1]:
+                raise ValueError("guidance_interval must be [start, end) token positions with "
+                                 f"0 <= start <= end, got {self.guidance_interval}")
+            self.guidance_interval = interval
+        if self.compile and self.decoder != "static":
+            raise ValueError("compile applies to the static decoder only (decoder=static)")
+
+    def guided_at(self, position: int) -> bool:
+        """Whether guidance applies when sampling the token at `position`."""
+        if self.guidance_scale == 1.0:
+            return False
+        if self.guidance_interval is None:
+            return True
+        start, end = self.guidance_interval
+        return start <= position < end
+
+    def last_guided(self, n_tokens: int) -> int:
+        """The last position that uses guidance (-1: none)."""
+        if self.guidance_scale == 1.0:
+            return -1
+        if self.guidance_interval is None:
+            return n_tokens - 1
+        start, end = self.guidance_interval
+        return min(end, n_tokens) - 1 if end > start else -1
 
 
 def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None
@@ -53,11 +99,53 @@ def pick_tokens(logits: torch.Tensor, cfg: SamplingConfig,
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
-def _guided(logits: torch.Tensor, b: int, scale: float) -> torch.Tensor:
-    if scale == 1.0:
-        return logits
-    cond, null = logits[:b], logits[b:]
+def guided_logits(logits: torch.Tensor, b: int, scale: float) -> torch.Tensor:
+    """null + scale * (cond - null) from (2B, V) logits whose first B rows are conditional."""
+    cond, null = logits[:b], logits[b:2 * b]
     return null + scale * (cond - null)
+
+
+class _HFStepper:
+    """Logits from the Hugging Face model: with its dynamic cache, or recomputing the whole
+    sequence at every step."""
+
+    def __init__(self, prior: CLIPPrior, prefix: torch.Tensor, cached: bool) -> None:
+        self.prior, self.prefix, self.cached = prior, prefix, cached
+        self.past: Any = None
+        self.tokens = prefix.new_zeros((len(prefix), 0), dtype=torch.long)
+
+    def first(self) -> torch.Tensor:
+        if self.cached:
+            logits, self.past = self.prior.step(self.prefix)
+            return logits.float()
+        return self.prior.full_logits(self.prefix, self.tokens).float()
+
+    def next(self, tokens: torch.Tensor, position: int) -> torch.Tensor:
+        rows = len(self.prefix)  # the reference keeps every row to the end
+        tokens = tokens.repeat(rows // len(tokens))
+        if self.cached:
+            logits, self.past = self.prior.step(self.prior.token_embeddings(tokens)[:, None],
+                                                self.past)
+            return logits.float()
+        self.tokens = torch.cat([self.tokens, tokens[:, None]], dim=1)
+        return self.prior.full_logits(self.prefix, self.tokens).float()
+
+
+class _StaticStepper:
+    def __init__(self, prior: CLIPPrior, prefix: torch.Tensor, dtype: torch.dtype,
+                 compile_step: bool) -> None:
+        weights = decoder_weights(prior, dtype, prefix.device)
+        total = prior.config.n_prefix + prior.config.n_tokens
+        self.decoder = StaticDecoder(weights, len(prefix), total)
+        if compile_step:
+            self.decoder.compile("reduce-overhead" if prefix.device.type == "cuda" else None)
+        self.prefix = prefix
+
+    def first(self) -> torch.Tensor:
+        return self.decoder.prefill(self.prefix)
+
+    def next(self, tokens: torch.Tensor, position: int) -> torch.Tensor:
+        return self.decoder.step(tokens, position)
 
 
 @torch.no_grad()
@@ -66,34 +154,38 @@ def sample_tokens(prior: CLIPPrior, cond: torch.Tensor, cfg: SamplingConfig | No
     """Sample (B, n_tokens) image tokens for (B, cond_dim) conditions.
 
     With guidance (scale != 1) the batch holds B conditional rows and B null rows; both get
-    the same sampled token. With the cache, the prefix and every token are run through the
-    transformer once; without it, the whole sequence is recomputed at every step.
+    the same sampled token. Guidance applies at the positions `cfg.guidance_interval` names.
     """
     cfg = cfg or SamplingConfig()
-    b, n = cond.shape[0], prior.config.n_tokens
-    guided = cfg.guidance_scale != 1.0
+    b, n, k = cond.shape[0], prior.config.n_tokens, prior.config.n_prefix
+    last_guided = cfg.last_guided(n)
+    guided = last_guided >= 0
     rows = torch.cat([cond, cond]) if guided else cond
     null_mask = None
     if guided:
         null_mask = torch.zeros(2 * b, dtype=torch.bool, device=cond.device)
         null_mask[b:] = True
+    dtype = resolve_dtype(cfg.dtype, cond.device)
     prefix = prior.prefix(rows, null_mask)
-    out = torch.zeros(b, n, dtype=torch.long, device=cond.device)
-    if cfg.use_cache:
-        logits, past = prior.step(prefix)
+    autocast: Any = contextlib.nullcontext()
+    if cfg.decoder == "static":
+        stepper: Any = _StaticStepper(prior, prefix, dtype, cfg.compile)
     else:
-        logits = prior.full_logits(prefix, out[:, :0].repeat(2 if guided else 1, 1))
-    for i in range(n):
-        tok = pick_tokens(_guided(logits, b, cfg.guidance_scale), cfg, generator)
-        out[:, i] = tok
-        if i == n - 1:
-            break
-        step_tok = torch.cat([tok, tok]) if guided else tok
-        if cfg.use_cache:
-            logits, past = prior.step(prior.token_embeddings(step_tok)[:, None], past)
-        else:
-            so_far = out[:, :i + 1]
-            logits = prior.full_logits(prefix, torch.cat([so_far, so_far]) if guided else so_far)
+        stepper = _HFStepper(prior, prefix, cached=cfg.decoder == "hf")
+        if dtype != torch.float32:
+            autocast = torch.autocast(cond.device.type, dtype=dtype)
+    out = torch.zeros(b, n, dtype=torch.long, device=cond.device)
+    with autocast:
+        logits = stepper.first()
+        for i in range(n):
+            step_logits = (guided_logits(logits, b, cfg.guidance_scale) if cfg.guided_at(i)
+                           else logits[:b])
+            tok = pick_tokens(step_logits, cfg, generator)
+            out[:, i] = tok
+            if i == n - 1:
+                break
+            # null rows are needed while a later position is guided
+            logits = stepper.next(torch.cat([tok, tok]) if i + 1 <= last_guided else tok, k + i)
     return out
 
 

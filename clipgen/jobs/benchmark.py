@@ -66,12 +66,11 @@ def measure_training(cfg: DictConfig, warmup: int, steps: int) -> dict[str, Any]
 
 
 def print_report(rows: list[dict[str, Any]], title: str) -> None:
-    """JSON first (machine-readable), then a markdown table."""
+    """JSON first (machine-readable), then a markdown table over every key of the rows."""
     print(json.dumps(rows, indent=2))
-    keys = list(rows[0])
+    keys = list(dict.fromkeys(k for row in rows for k in row))
     print(f"\n### {title}\n")
     print("| " + " | ".join(keys) + " |")
     print("|" + "---|" * len(keys))
     for row in rows:
-        print("| " + " | ".join(str(row[k]) for k in keys) + " |")
-
+        print("| " + " | ".join(str(row.get(k, "")) for k in keys) + " |")

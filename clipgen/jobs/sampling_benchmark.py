@@ -1,14 +1,17 @@
-"""Sampling speed: KV cache versus recomputing the whole sequence at every step, same weights
-and settings, in one run (random weights: speed does not depend on them)."""
+"""Sampling speed of the three decoders (static cache, Hugging Face reference, full
+recomputation) in each precision and batch size, against this machine's limits measured in the
+same run: memory bandwidth (the weight-read roofline of decoding) and matmul FLOP/s."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from clipgen.generation.decoder import DTYPES
 from clipgen.generation.sampling import SamplingConfig, sample_tokens
 from clipgen.models.prior import CLIPPrior, PriorConfig
 
@@ -19,18 +22,44 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def matmul_flops(device: torch.device, n: int = 2048, repeats: int = 10,
-                 dtype: torch.dtype = torch.float32) -> float:
-    """Achieved FLOP/s of an n x n matrix product on this device."""
+def _best_seconds(fn, device: torch.device, repeats: int) -> float:
+    fn()
+    synchronize(device)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def matmul_flops(device: torch.device, dtype: torch.dtype = torch.float32, n: int = 2048,
+                 repeats: int = 3) -> float:
+    """Achieved FLOP/s of an n x n matrix product on this device in `dtype` (best of repeats)."""
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
-    a @ b
-    synchronize(device)
-    start = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    synchronize(device)
-    return 2 * n ** 3 * repeats / (time.perf_counter() - start)
+    return 2 * n ** 3 / _best_seconds(lambda: a @ b, device, repeats)
+
+
+def copy_bandwidth(device: torch.device, megabytes: int = 256, repeats: int = 5) -> float:
+    """Achieved bytes/s of copying a large buffer (read + write)."""
+    src = torch.empty(megabytes * 2 ** 20 // 4, device=device)
+    dst = torch.empty_like(src)
+    return 2 * src.numel() * 4 / _best_seconds(lambda: dst.copy_(src), device, repeats)
+
+
+@dataclass
+class Machine:
+    """Limits of the device measured in the benchmark's own run."""
+
+    bandwidth: float  # bytes/s
+    matmul: dict[str, float]  # dtype name -> FLOP/s
+
+
+def measure_machine(device: torch.device, dtypes: Sequence[str]) -> Machine:
+    return Machine(copy_bandwidth(device),
+                   {d: matmul_flops(device, DTYPES[d]) for d in dtypes})
 
 
 def time_sampling(prior: CLIPPrior, batch: int, sampling: SamplingConfig,
@@ -47,34 +76,61 @@ def time_sampling(prior: CLIPPrior, batch: int, sampling: SamplingConfig,
 
 
 def sampling_rows(models: Mapping[str, PriorConfig], batches: Sequence[int],
-                  device: torch.device, max_uncached_s: float, peak_flops: float
+                  decoders: Sequence[str], dtypes: Sequence[str], compile_modes: Sequence[bool],
+                  device: torch.device, machine: Machine, guidance_scale: float = 1.0,
+                  top_k: int | None = 100, max_seconds: float = 300.0
                   ) -> list[dict[str, Any]]:
-    """One row per model, batch and mode (kv-cache, recompute): seconds, tokens/s, images/s,
-    model FLOP/s utilisation and the cache's speed-up."""
-    rows = []
+    """One row per model, batch, decoder, precision and compile mode: seconds, tokens/s, the
+    fraction of the weight-read roofline and of matmul peak, the speed-up over full
+    recomputation in fp32. Runs estimated to take longer than `max_seconds` (from the static
+    fp32 time, the FLOP ratio and the matmul speed of the precision) are skipped and say so."""
+    rows: list[dict[str, Any]] = []
     for name, cfg in models.items():
         torch.manual_seed(0)
         prior = CLIPPrior(cfg).to(device).eval()
-        time_sampling(prior, 1, SamplingConfig(top_k=100), device)  # warm-up
+        rows_per_batch = 2 if guidance_scale != 1.0 else 1
         for batch in batches:
-            cached_s = time_sampling(prior, batch, SamplingConfig(top_k=100), device)
-            ratio = prior.sampling_flops(batch, False) / prior.sampling_flops(batch, True)
-            estimate = cached_s * ratio
-            uncached_s = (time_sampling(prior, batch, SamplingConfig(top_k=100, use_cache=False),
-                                        device) if estimate <= max_uncached_s else None)
-            for mode, seconds in (("kv-cache", cached_s), ("recompute", uncached_s)):
-                flops = prior.sampling_flops(batch, mode == "kv-cache")
-                row: dict[str, Any] = {"model": name, "batch": batch, "mode": mode,
-                                       "tokens": cfg.n_tokens}
-                if seconds is None:
-                    row.update({"seconds": f"skipped (est. {estimate:.0f})", "tokens_per_s": "",
-                                "images_per_s": "", "mfu": "", "speedup": ""})
-                else:
-                    row.update({"seconds": round(seconds, 3),
-                                "tokens_per_s": round(batch * cfg.n_tokens / seconds, 1),
-                                "images_per_s": round(batch / seconds, 3),
-                                "mfu": round(flops / seconds / peak_flops, 4),
-                                "speedup": round(uncached_s / cached_s, 1)
-                                if mode == "kv-cache" and uncached_s else ""})
-                rows.append(row)
+            base = SamplingConfig(top_k=top_k, guidance_scale=guidance_scale, dtype="float32")
+            time_sampling(prior, batch, base, device)  # warm-up: weights prepared, caches
+            reference_s = time_sampling(prior, batch, base, device)
+            times: dict[tuple, float] = {}
+            for dtype in dtypes:
+                slowdown = machine.matmul["float32"] / machine.matmul[dtype]
+                for decoder in decoders:
+                    for compiled in (compile_modes if decoder == "static" else [False]):
+                        ratio = (prior.sampling_flops(batch, False) / prior.sampling_flops(batch)
+                                 if decoder == "recompute" else 1.0)
+                        estimate = reference_s * ratio * max(slowdown, 1.0)
+                        row: dict[str, Any] = {"model": name, "batch": batch, "decoder": decoder,
+                                               "dtype": dtype, "compile": compiled}
+                        if estimate > max_seconds:
+                            row["seconds"] = f"skipped (est. {estimate:.0f})"
+                            rows.append(row)
+                            continue
+                        settings = SamplingConfig(top_k=top_k, guidance_scale=guidance_scale,
+                                                  decoder=decoder, dtype=dtype, compile=compiled)
+                        first = None
+                        if compiled:  # the first call compiles: report it apart
+                            first = time_sampling(prior, batch, settings, device)
+                        seconds = time_sampling(prior, batch, settings, device)
+                        times[(decoder, dtype, compiled)] = seconds
+                        value_bytes = DTYPES[dtype].itemsize
+                        roofline_s = (cfg.n_tokens * prior.decode_weight_bytes(value_bytes)
+                                      / machine.bandwidth)
+                        flops = rows_per_batch * prior.sampling_flops(batch,
+                                                                      decoder != "recompute")
+                        row.update({
+                            "seconds": round(seconds, 3),
+                            "compile_s": round(first - seconds, 1) if first else "",
+                            "tokens_per_s": round(batch * cfg.n_tokens / seconds, 1),
+                            "roofline_fraction": round(roofline_s / seconds, 3),
+                            "matmul_fraction": round(flops / seconds / machine.matmul[dtype], 4),
+                        })
+                        rows.append(row)
+            recompute = times.get(("recompute", "float32", False))
+            for row in rows:
+                if row["model"] == name and row["batch"] == batch and "tokens_per_s" in row:
+                    key = (row["decoder"], row["dtype"], row["compile"])
+                    row["x_recompute_fp32"] = (round(recompute / times[key], 1)
+                                               if recompute else "")
     return rows
