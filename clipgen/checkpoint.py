@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import importlib.metadata
 import json
@@ -32,17 +33,63 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+class InertPickledObject:
+    """Stands in for a class that a public training checkpoint names besides its weights
+    (Lightning 1.x callbacks, OmegaConf containers of `hyper_parameters`): unpickling builds
+    this instead, runs none of the named class's code, and keeps what it was given as plain
+    data. clipgen reads only the weights of such files."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.args, self.kwargs, self.items = args, kwargs, {}
+        self.state: Any = None
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.items[key] = value
+
+    def append(self, value: Any) -> None:
+        self.items[len(self.items)] = value
+
+    def extend(self, values: Iterable[Any]) -> None:
+        for value in values:
+            self.append(value)
+
+
+# What the public Lightning 1.x checkpoints (taming's VQGANs among them) pickle besides tensors
+# and plain containers: the ModelCheckpoint class as a key of `callbacks`, OmegaConf and
+# argparse containers in `hyper_parameters`. Each is read as an InertPickledObject; anything
+# else outside torch's weights-only allowlist is refused.
+INERT_GLOBALS = tuple(
+    [f"pytorch_lightning.callbacks.{m}" for m in (
+        "model_checkpoint.ModelCheckpoint", "early_stopping.EarlyStopping",
+        "lr_monitor.LearningRateMonitor")]
+    + [f"omegaconf.{m}" for m in (
+        "dictconfig.DictConfig", "listconfig.ListConfig", "base.ContainerMetadata",
+        "base.Metadata", "nodes.AnyNode", "nodes.StringNode", "nodes.IntegerNode",
+        "nodes.FloatNode", "nodes.BooleanNode", "nodes.EnumNode")]
+    + ["argparse.Namespace", "typing.Any"])
+# Harmless builtins those containers name (OmegaConf records value types).
+PLAIN_GLOBALS = (int, float, str, bool, bytes, dict, list, set, tuple, collections.defaultdict)
+
+
 def load_torch_file(path: str | Path) -> Any:
-    """`torch.load` with `weights_only=True`, with a clear error for missing files."""
+    """`torch.load` with `weights_only=True` (no pickled code ever runs), reading the extra
+    objects of public Lightning 1.x checkpoints as inert placeholders; clear errors for missing
+    files and refused contents."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} not found")
+    inert = [(InertPickledObject, name) for name in INERT_GLOBALS] + list(PLAIN_GLOBALS)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(inert):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
         raise RuntimeError(f"could not load {path} safely (weights_only=True): {error}. "
-                           "Only tensors and plain containers are accepted; re-save the "
-                           "checkpoint's state_dict, or convert it to safetensors") from error
+                           "Only tensors, plain containers and the objects of public Lightning "
+                           "checkpoints are accepted; re-save the checkpoint's state_dict, or "
+                           "convert it to safetensors") from error
 
 
 class CheckpointMismatchError(RuntimeError):

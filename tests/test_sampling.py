@@ -124,3 +124,16 @@ def test_shipped_bundle_loads_and_draws_named_colours():
     assert results[0].images.shape == (1, 3, 64, 64)
     read = [read_attributes(to_pil(r.images[0]))["color"] for r in results]
     assert sum(r == c for r, c in zip(read, colors)) >= 6, read
+
+
+def test_top_k_draw_has_the_masked_softmax_distribution():
+    from clipgen.generation.sampling import SamplingConfig, pick_tokens
+
+    logits = 2 * torch.randn(1, 50, generator=torch.Generator().manual_seed(0))
+    cfg = SamplingConfig(top_k=5, top_p=0.9)
+    gen = torch.Generator().manual_seed(1)
+    draws = torch.cat([pick_tokens(logits, cfg, gen) for _ in range(20000)])
+    freq = torch.bincount(draws, minlength=50).float() / len(draws)
+    expected = filter_logits(logits, top_k=5, top_p=0.9).softmax(-1)[0]
+    assert (freq - expected).abs().max() < 0.015
+    assert set(draws.tolist()) == set(torch.nonzero(expected).flatten().tolist())

@@ -4,6 +4,8 @@ import importlib.metadata
 import pytest
 import pytorch_lightning as pl
 import torch
+from omegaconf import OmegaConf
+from pytorch_lightning.callbacks import ModelCheckpoint
 from taming.modules.diffusionmodules.model import Decoder, Encoder
 from taming.modules.discriminator.model import NLayerDiscriminator
 from taming.modules.vqvae.quantize import VectorQuantizer2
@@ -23,7 +25,7 @@ TINY = dict(resolution=16, ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolut
             z_channels=32, n_embed=24, embed_dim=8)
 
 
-def _taming_checkpoint(path, cfg: VQGANConfig) -> nn.Module:
+def _taming_checkpoint(path, cfg: VQGANConfig, **save_kwargs) -> nn.Module:
     """A checkpoint in the layout of taming's public VQModel checkpoints, from taming's modules."""
     ref = nn.Module()
     ref.encoder = Encoder(**cfg.ddconfig())
@@ -33,13 +35,43 @@ def _taming_checkpoint(path, cfg: VQGANConfig) -> nn.Module:
     ref.post_quant_conv = nn.Conv2d(cfg.embed_dim, cfg.z_channels, 1)
     ref.loss = nn.Module()
     ref.loss.discriminator = NLayerDiscriminator(3, 8, 2)
-    torch.save({"state_dict": ref.state_dict(), "global_step": 7, "epoch": 1}, path)
+    # The whole Lightning 1.x training checkpoint, as taming's public files are laid out
+    opt = torch.optim.Adam(ref.parameters(), lr=4.5e-6, betas=(0.5, 0.9))
+    sum(p.sum() for p in ref.parameters()).backward()
+    opt.step()
+    hparams = OmegaConf.create({"ddconfig": cfg.ddconfig(), "n_embed": cfg.n_embed,
+                                "embed_dim": cfg.embed_dim,
+                                "lossconfig": {"target": "taming.modules.losses.vqperceptual."
+                                               "VQLPIPSWithDiscriminator",
+                                               "params": {"disc_start": 250001}}})
+    torch.save({"epoch": 1, "global_step": 7, "pytorch-lightning_version": "1.0.8",
+                "state_dict": ref.state_dict(),
+                "callbacks": {ModelCheckpoint: {"monitor": "val/rec_loss",
+                                                "best_model_score": torch.tensor(0.12),
+                                                "best_model_path": "logs/ckpts/epoch=1.ckpt"}},
+                "optimizer_states": [opt.state_dict()], "lr_schedulers": [],
+                "hparams_name": "kwargs", "hyper_parameters": hparams},
+               path, **save_kwargs)
     return ref
 
 
-def test_taming_format_checkpoint_loads_strictly(tmp_path):
+class _Payload:
+    """Pickles to a call of os.system: loading must never run it."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.mark.parametrize("zipfile", [True, False])
+def test_taming_format_checkpoint_loads_strictly(tmp_path, zipfile):
     cfg = VQGANConfig(**TINY, quantizer="taming")
-    ref = _taming_checkpoint(tmp_path / "last.ckpt", cfg)
+    ref = _taming_checkpoint(tmp_path / "last.ckpt", cfg,
+                             _use_new_zipfile_serialization=zipfile)
     model = VQGAN(cfg).eval()
     dropped = load_vqgan_weights(model, tmp_path / "last.ckpt")
     assert dropped and all(k.startswith("loss.discriminator.") for k in dropped)
@@ -52,12 +84,30 @@ def test_taming_format_checkpoint_loads_strictly(tmp_path):
         assert torch.allclose(model(x)[0], expected)
 
 
+def test_taming_checkpoint_loads_by_path_and_arch(tmp_path):
+    cfg = VQGANConfig(**TINY, quantizer="taming")
+    ref = _taming_checkpoint(tmp_path / "last.ckpt", cfg)
+    model = load_vqgan(tmp_path / "last.ckpt", {**TINY, "quantizer": "taming"})
+    assert torch.equal(model.quantize.embedding.weight, ref.quantize.embedding.weight)
+
+
+def test_pickled_code_in_a_checkpoint_never_runs(tmp_path):
+    _taming_checkpoint(tmp_path / "last.ckpt", VQGANConfig(**TINY, quantizer="taming"))
+    checkpoint = torch.load(tmp_path / "last.ckpt", weights_only=False)
+    marker = tmp_path / "payload-ran"
+    checkpoint["hyper_parameters"] = _Payload(marker)
+    torch.save(checkpoint, tmp_path / "evil.ckpt")
+    with pytest.raises(RuntimeError, match="(?s)could not load .*evil.ckpt safely.*system"):
+        load_torch_file(tmp_path / "evil.ckpt")
+    assert not marker.exists()
+
+
 def test_mismatched_checkpoint_is_a_clear_error(tmp_path):
     _taming_checkpoint(tmp_path / "a.ckpt", VQGANConfig(**TINY, quantizer="taming"))
     other = VQGAN(VQGANConfig(**{**TINY, "n_embed": 32}, quantizer="taming"))
     with pytest.raises(CheckpointMismatchError, match="shape mismatches: quantize.embedding"):
         load_vqgan_weights(other, tmp_path / "a.ckpt")
-    state = load_torch_file(tmp_path / "a.ckpt")
+    state = torch.load(tmp_path / "a.ckpt", weights_only=False)
     state["state_dict"]["encoder.extra.weight"] = torch.zeros(1)
     del state["state_dict"]["quant_conv.bias"]
     torch.save(state, tmp_path / "b.ckpt")

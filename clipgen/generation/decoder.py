@@ -190,7 +190,11 @@ class StaticDecoder:
         return self._logits(self._blocks(x, 0, len(x))[:, -1])
 
     def _step(self, tokens: torch.Tensor, position: int | torch.Tensor) -> torch.Tensor:
-        x = (self.w.wte[tokens] + self.w.wpe[position])[:, None]
+        if isinstance(position, torch.Tensor):  # a tensor index, not a Python number: no sync
+            pos_emb = self.w.wpe.index_select(0, position.view(1))
+        else:
+            pos_emb = self.w.wpe[position]
+        x = (self.w.wte[tokens] + pos_emb)[:, None]
         return self._logits(self._blocks(x, position, len(tokens))[:, 0])
 
     def step(self, tokens: torch.Tensor, position: int) -> torch.Tensor:

@@ -92,10 +92,18 @@ def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float |
 
 def pick_tokens(logits: torch.Tensor, cfg: SamplingConfig,
                 generator: torch.Generator | None) -> torch.Tensor:
-    """One token per row from (B, V) logits."""
+    """One token per row from (B, V) logits. With top-k, the draw is made among the k best
+    logits only (the same distribution as masking the rest, without a softmax and a draw over
+    the whole vocabulary)."""
     if cfg.temperature == 0:
         return logits.argmax(dim=-1)
-    probs = filter_logits(logits.float() / cfg.temperature, cfg.top_k, cfg.top_p).softmax(-1)
+    logits = logits.float() / cfg.temperature
+    if cfg.top_k is not None and cfg.top_k < logits.shape[-1]:
+        values, index = torch.topk(logits, cfg.top_k, dim=-1)
+        probs = filter_logits(values, top_p=cfg.top_p).softmax(-1)
+        choice = torch.multinomial(probs, 1, generator=generator)
+        return index.gather(-1, choice).squeeze(-1)
+    probs = filter_logits(logits, top_p=cfg.top_p).softmax(-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
