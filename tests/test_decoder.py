@@ -27,14 +27,14 @@ def _cond(n=3):
                                                      .manual_seed(1)), dim=-1)
 
 
-def _sample(prior, seed=7, **settings):
-    return sample_tokens(prior, _cond(), SamplingConfig(dtype="float32", **settings),
+def _sample(prior, seed=7, n=3, **settings):
+    return sample_tokens(prior, _cond(n), SamplingConfig(dtype="float32", **settings),
                          generator=torch.Generator().manual_seed(seed))
 
 
-def _static_logits(prior, cond, tokens, null_mask, dtype=torch.float32):
+def _static_logits(prior, cond, tokens, null_mask, dtype=torch.float32, out_in=True):
     """Logits of every position from the static decoder, fed the given tokens."""
-    dec = StaticDecoder(decoder_weights(prior, dtype, cond.device), len(cond),
+    dec = StaticDecoder(decoder_weights(prior, dtype, cond.device, out_in), len(cond),
                         prior.config.n_prefix + prior.config.n_tokens)
     logits = [dec.prefill(prior.prefix(cond, null_mask))]
     for i in range(tokens.shape[1] - 1):
@@ -42,8 +42,8 @@ def _static_logits(prior, cond, tokens, null_mask, dtype=torch.float32):
     return torch.stack(logits, 1)
 
 
-@pytest.mark.parametrize("static_shapes", [False, True])
-def test_static_decoder_logits_match_the_reference_at_every_step(prior, static_shapes):
+@pytest.mark.parametrize("static_shapes,out_in", [(False, True), (False, False), (True, True)])
+def test_static_decoder_logits_match_the_reference_at_every_step(prior, static_shapes, out_in):
     cond = torch.cat([_cond(), _cond()])
     null_mask = torch.tensor([False] * 3 + [True] * 3)
     tokens = torch.randint(0, 50, (6, N_TOKENS), generator=torch.Generator().manual_seed(2))
@@ -54,7 +54,7 @@ def test_static_decoder_logits_match_the_reference_at_every_step(prior, static_s
         got += [dec.step(tokens[:, i], 2 + i) for i in range(N_TOKENS - 1)]
         got = torch.stack(got, 1)
     else:
-        got = _static_logits(prior, cond, tokens, null_mask)
+        got = _static_logits(prior, cond, tokens, null_mask, out_in=out_in)
     assert got.shape == reference.shape
     assert (got - reference).abs().max() < 1e-4
 
@@ -64,9 +64,11 @@ def test_static_decoder_logits_match_the_reference_at_every_step(prior, static_s
                                       dict(temperature=0.8, top_p=0.9),
                                       dict(temperature=1.0, guidance_scale=3.0)])
 def test_every_decoder_samples_the_same_tokens(prior, settings):
-    out = {d: _sample(prior, decoder=d, **settings) for d in ("static", "hf", "recompute")}
-    assert out["static"].shape == (3, N_TOKENS)
-    assert torch.equal(out["static"], out["hf"]) and torch.equal(out["hf"], out["recompute"])
+    for n in (3, 1):  # one row decodes with the other weight layout
+        out = {d: _sample(prior, n=n, decoder=d, **settings)
+               for d in ("static", "hf", "recompute")}
+        assert out["static"].shape == (n, N_TOKENS)
+        assert torch.equal(out["static"], out["hf"]) and torch.equal(out["hf"], out["recompute"])
 
 
 def _greedy_by_hand(prior, scale):

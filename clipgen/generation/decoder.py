@@ -64,14 +64,28 @@ def _log_choice(dtype: str, why: str) -> None:
 
 @dataclass
 class DecoderWeights:
-    """GPT-2's weights as the decoder uses them: linear weights (out, in), in one dtype."""
+    """GPT-2's weights as the decoder uses them, in one dtype. `out_in`: linear weights stored
+    (out, in) and multiplied from the left, the faster form for a few rows; otherwise (in, out)
+    and multiplied from the right, the faster form for a single row (measured with the CPU's
+    BLAS, docs/BENCHMARKS.md)."""
 
     layers: list[dict[str, torch.Tensor]]
-    wte: torch.Tensor  # (vocab, n_embd): token embeddings and the tied output head
+    wte: torch.Tensor  # (vocab, n_embd): token embeddings
+    head: torch.Tensor  # the tied output head in the layout below
     wpe: torch.Tensor  # (positions, n_embd)
     ln_f: tuple[torch.Tensor, torch.Tensor]
     n_head: int
     eps: float
+    out_in: bool = True
+
+    def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
+               ) -> torch.Tensor:
+        """x (N, in) through a linear layer stored in this layout."""
+        if not self.out_in:
+            return torch.mm(x, weight) if bias is None else torch.addmm(bias, x, weight)
+        if bias is None:
+            return torch.mm(weight, x.t()).t()
+        return torch.addmm(bias[:, None], weight, x.t()).t()
 
     @property
     def n_embd(self) -> int:
@@ -81,14 +95,16 @@ class DecoderWeights:
 _PREPARED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def decoder_weights(prior: CLIPPrior, dtype: torch.dtype, device: torch.device
-                    ) -> DecoderWeights:
+def decoder_weights(prior: CLIPPrior, dtype: torch.dtype, device: torch.device,
+                    out_in: bool = True) -> DecoderWeights:
     """The prior's weights prepared for decoding, cached until the prior's parameters change
     (their version counters move with every in-place update, e.g. an optimiser step)."""
-    key = (dtype, str(device), tuple(p._version for p in prior.parameters()))
-    cached = _PREPARED.get(prior)
-    if cached is not None and cached[0] == key:
-        return cached[1]
+    key = (dtype, str(device), out_in, tuple(p._version for p in prior.parameters()))
+    cached = _PREPARED.setdefault(prior, {})
+    for old in [k for k in cached if k[:3] == key[:3] and k != key]:
+        del cached[old]  # stale: the parameters changed since
+    if key in cached:
+        return cached[key]
 
     def cast(t: torch.Tensor, transpose: bool = False) -> torch.Tensor:
         t = t.detach().to(device=device, dtype=dtype)
@@ -97,31 +113,24 @@ def decoder_weights(prior: CLIPPrior, dtype: torch.dtype, device: torch.device
     gpt = prior.gpt.transformer
     layers = []
     for block in gpt.h:
-        # Hugging Face's Conv1D stores (in, out); small-batch products run faster here with
-        # (out, in) weights multiplied from the left (see `linear`).
+        # Hugging Face's Conv1D stores (in, out)
         layers.append({
             "ln1_w": cast(block.ln_1.weight), "ln1_b": cast(block.ln_1.bias),
-            "qkv_w": cast(block.attn.c_attn.weight, True), "qkv_b": cast(block.attn.c_attn.bias),
-            "proj_w": cast(block.attn.c_proj.weight, True),
+            "qkv_w": cast(block.attn.c_attn.weight, out_in),
+            "qkv_b": cast(block.attn.c_attn.bias),
+            "proj_w": cast(block.attn.c_proj.weight, out_in),
             "proj_b": cast(block.attn.c_proj.bias),
             "ln2_w": cast(block.ln_2.weight), "ln2_b": cast(block.ln_2.bias),
-            "fc_w": cast(block.mlp.c_fc.weight, True), "fc_b": cast(block.mlp.c_fc.bias),
-            "out_w": cast(block.mlp.c_proj.weight, True), "out_b": cast(block.mlp.c_proj.bias),
+            "fc_w": cast(block.mlp.c_fc.weight, out_in), "fc_b": cast(block.mlp.c_fc.bias),
+            "out_w": cast(block.mlp.c_proj.weight, out_in),
+            "out_b": cast(block.mlp.c_proj.bias),
         })
-    weights = DecoderWeights(layers, cast(gpt.wte.weight), cast(gpt.wpe.weight),
-                             (cast(gpt.ln_f.weight), cast(gpt.ln_f.bias)),
-                             prior.gpt.config.n_head, prior.gpt.config.layer_norm_epsilon)
-    _PREPARED[prior] = (key, weights)
+    wte = cast(gpt.wte.weight)
+    weights = DecoderWeights(layers, wte, wte if out_in else cast(gpt.wte.weight, True),
+                             cast(gpt.wpe.weight), (cast(gpt.ln_f.weight), cast(gpt.ln_f.bias)),
+                             prior.gpt.config.n_head, prior.gpt.config.layer_norm_epsilon, out_in)
+    cached[key] = weights
     return weights
-
-
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
-           ) -> torch.Tensor:
-    """x (N, in) times weight (out, in) transposed, plus bias: computed as weight @ x.T, which
-    BLAS runs several times faster than x @ weight.T when N is a handful of rows."""
-    if bias is None:
-        return torch.mm(weight, x.t()).t()
-    return torch.addmm(bias[:, None], weight, x.t()).t()
 
 
 class StaticDecoder:
@@ -157,7 +166,7 @@ class StaticDecoder:
             mask = (self.positions <= start).view(1, 1, 1, -1)
         for i, layer in enumerate(w.layers):
             h = F.layer_norm(x, (d,), layer["ln1_w"], layer["ln1_b"], w.eps)
-            qkv = linear(h.reshape(b * s, d), layer["qkv_w"], layer["qkv_b"])
+            qkv = w.linear(h.reshape(b * s, d), layer["qkv_w"], layer["qkv_b"])
             q, k, v = qkv.view(b, s, 3, w.n_head, hd).permute(2, 0, 3, 1, 4)
             cache_k, cache_v = self.keys[i, :n_rows], self.values[i, :n_rows]
             if mask is not None:
@@ -170,17 +179,17 @@ class StaticDecoder:
                 att = F.scaled_dot_product_attention(
                     q, cache_k[:, :, :start + s], cache_v[:, :, :start + s], is_causal=s > 1)
             att = att.transpose(1, 2).reshape(b * s, d)
-            x = x + linear(att, layer["proj_w"], layer["proj_b"]).view(b, s, d)
+            x = x + w.linear(att, layer["proj_w"], layer["proj_b"]).view(b, s, d)
             h = F.layer_norm(x, (d,), layer["ln2_w"], layer["ln2_b"], w.eps)
-            ff = F.gelu(linear(h.reshape(b * s, d), layer["fc_w"], layer["fc_b"]),
+            ff = F.gelu(w.linear(h.reshape(b * s, d), layer["fc_w"], layer["fc_b"]),
                         approximate="tanh")
-            x = x + linear(ff, layer["out_w"], layer["out_b"]).view(b, s, d)
+            x = x + w.linear(ff, layer["out_w"], layer["out_b"]).view(b, s, d)
         return x
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         """(rows, D) last hidden states to (rows, vocab) fp32 logits through the tied head."""
         h = F.layer_norm(x, (x.shape[-1],), *self.w.ln_f, self.w.eps)
-        return linear(h, self.w.wte).float()
+        return self.w.linear(h, self.w.head).float()
 
     def prefill(self, prefix: torch.Tensor) -> torch.Tensor:
         """Run the (rows, n_prefix, D) condition prefix from position 0; logits of its last

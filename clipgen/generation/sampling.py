@@ -142,7 +142,8 @@ class _HFStepper:
 class _StaticStepper:
     def __init__(self, prior: CLIPPrior, prefix: torch.Tensor, dtype: torch.dtype,
                  compile_step: bool) -> None:
-        weights = decoder_weights(prior, dtype, prefix.device)
+        # one row: (in, out) weights times the row; more: (out, in) weights times the rows
+        weights = decoder_weights(prior, dtype, prefix.device, out_in=len(prefix) > 1)
         total = prior.config.n_prefix + prior.config.n_tokens
         self.decoder = StaticDecoder(weights, len(prefix), total)
         if compile_step:
