@@ -34,9 +34,14 @@ clipgen_run() {
 # --signal=SIGUSR1@<s> before the time limit), saves run_dir/hpc_ckpt_<n>.ckpt and requeues
 # the job; the requeued job keeps its id, hence its RUN_DIR, and ckpt_path=last resumes from
 # the newest checkpoint there.
+# The user's trainer= (fsdp, say) wins; DDP is the default when none is given.
 clipgen_train() {
   clipgen_layout
+  local trainer=(trainer=ddp) arg
+  for arg in "$@"; do
+    if [[ $arg == trainer=* ]]; then trainer=(); fi
+  done
   clipgen_run --nodes="$NODES" --ntasks-per-node="$GPUS_PER_NODE" --kill-on-bad-exit=1 -- \
-    "$PYTHON" train.py "$@" trainer=ddp trainer.devices="$GPUS_PER_NODE" \
+    "$PYTHON" train.py "$@" "${trainer[@]}" trainer.devices="$GPUS_PER_NODE" \
     trainer.num_nodes="$NODES" ckpt_path=last hydra.run.dir="$RUN_DIR"
 }

@@ -178,6 +178,24 @@ def test_slurm_dry_run_prints_the_srun_command():
         "trainer.num_nodes=2 ckpt_path=last hydra.run.dir=outputs/slurm/g-77")
 
 
+@pytest.mark.parametrize("trainer,strategy", [(None, "ddp"), ("fsdp", "fsdp_strategy")])
+def test_slurm_command_composes_the_users_trainer(trainer, strategy):
+    from hydra import compose, initialize_config_dir
+
+    env = {**os.environ, "DRY_RUN": "1", "SLURM_JOB_NUM_NODES": "1", "SLURM_GPUS_ON_NODE": "2"}
+    env.pop("SLURM_SUBMIT_DIR", None)
+    args = ["experiment=coco_gpt2_medium", "model/prior=gpt2_xl"]
+    args += [f"trainer={trainer}"] if trainer else []
+    out = subprocess.run(["bash", str(ROOT / "slurm" / "prior.sbatch"), *args], env=env,
+                         capture_output=True, text=True, check=True).stdout.split()
+    overrides = out[out.index("train.py") + 1:]
+    with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    found = cfg.trainer.strategy
+    assert (found if isinstance(found, str) else found._target_).endswith(strategy)
+    assert cfg.trainer.devices == 2 and cfg.model.prior.n_layer == 48
+
+
 def test_wandb_logs_offline_and_falls_back_to_csv(tmp_path, monkeypatch):
     from hydra import compose, initialize_config_dir
     from pytorch_lightning.loggers import CSVLogger
