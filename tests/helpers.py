@@ -24,7 +24,7 @@ def write_tiny_encoders(folder: Path, seed: int = 0) -> tuple[Path, Path]:
     vqgan = VQGAN(VQGANConfig.from_dict(TINY_VQGAN))
     save_safetensors(vqgan.state_dict(), folder / "vqgan.safetensors")
     OmegaConf.save(OmegaConf.create({"arch": TINY_VQGAN}), folder / "vqgan.yaml")
-    clip = FrozenCLIP(CLIP_ARCH, pretrained=None)
+    clip = FrozenCLIP(CLIP_ARCH, pretrained=None, random_weights=True)
     torch.save(clip.model.state_dict(), folder / "clip.pt")
     return folder / "vqgan.safetensors", folder / "clip.pt"
 

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -16,12 +18,12 @@ from clipgen.models.clip import FrozenCLIP
 @pytest.fixture(scope="module")
 def tiny_clip():
     torch.manual_seed(0)
-    return FrozenCLIP("clipgen-shapes-vit-tiny", pretrained=None)
+    return FrozenCLIP("clipgen-shapes-vit-tiny", pretrained=None, random_weights=True)
 
 
 def test_random_vit_b32_round_trips_through_a_file(tmp_path):
     torch.manual_seed(0)
-    a = FrozenCLIP("ViT-B-32", pretrained=None)
+    a = FrozenCLIP("ViT-B-32", pretrained=None, random_weights=True)
     path = tmp_path / "vit_b32.pt"
     torch.save(a.model.state_dict(), path)
     b = FrozenCLIP("ViT-B-32", pretrained=str(path))
@@ -41,7 +43,7 @@ def test_missing_weights_file_says_how_to_get_it(tmp_path):
 
 
 def test_preprocessing_matches_open_clip_transform():
-    clip = FrozenCLIP("ViT-B-32", pretrained=None)
+    clip = FrozenCLIP("ViT-B-32", pretrained=None, random_weights=True)
     rng = torch.Generator().manual_seed(0)
     # a smooth image (photos are smooth at the pixel scale) of another size than CLIP's input
     base = torch.rand(1, 3, 12, 15, generator=rng)
@@ -120,3 +122,23 @@ def test_a_few_steps_lower_the_contrastive_loss(tmp_path):
         img, txt = module.embed(batch["image"][:4], batch["caption"][:4])
         assert torch.allclose(frozen.encode_image(batch["image"][:4]), img, atol=1e-5)
         assert torch.allclose(frozen.encode_text(batch["caption"][:4]), txt, atol=1e-5)
+
+
+def test_a_frozen_clip_without_weights_is_an_error_unless_asked_for():
+    with pytest.raises(ValueError, match="no weights: set model.clip.pretrained"):
+        FrozenCLIP("clipgen-shapes-vit-tiny")
+    assert FrozenCLIP("clipgen-shapes-vit-tiny", random_weights=True).embed_dim == 128
+
+
+def test_gpt2_medium_experiment_without_clip_weights_stops_before_any_work(tmp_path):
+    from hydra import compose, initialize_config_dir
+
+    from clipgen.jobs.build_cache import run_precompute
+
+    configs = str(Path(__file__).resolve().parents[1] / "configs")
+    with initialize_config_dir(configs, version_base="1.3"):
+        cfg = compose("precompute", overrides=[
+            "experiment=coco_gpt2_medium", f"cache_dir={tmp_path}", "model.clip.pretrained=null",
+            f"model.tokenizer.path={tmp_path}/none.ckpt"], return_hydra_config=True)
+    with pytest.raises(ValueError, match="no weights: set model.clip.pretrained"):
+        run_precompute(cfg)

@@ -53,10 +53,11 @@ def run_precompute(cfg: DictConfig) -> list[Path]:
     os.environ.setdefault("RANK", str(rank))
     os.environ.setdefault("WORLD_SIZE", str(world))
     device = torch.device(cfg.device)
+    clip = FrozenCLIP(cfg.model.clip.arch, cfg.model.clip.get("pretrained"),
+                      cfg.model.clip.get("random_weights", False)).to(device)
     arch = cfg.model.tokenizer.get("arch")
     vqgan = load_vqgan(cfg.model.tokenizer.path,
                        OmegaConf.to_container(arch, resolve=True) if arch else None).to(device)
-    clip = FrozenCLIP(cfg.model.clip.arch, cfg.model.clip.get("pretrained")).to(device)
     datamodule = hydra.utils.instantiate(cfg.data)
     parts = []
     for split in cfg.splits:

@@ -65,8 +65,17 @@ def create_clip(arch: str, pretrained: str | None) -> nn.Module:
 class FrozenCLIP(nn.Module):
     """A frozen open_clip model in eval mode with [-1, 1] image input."""
 
-    def __init__(self, arch: str, pretrained: str | None = None) -> None:
+    def __init__(self, arch: str, pretrained: str | None = None,
+                 random_weights: bool = False) -> None:
+        """`pretrained`: a weights file or an open_clip tag. A frozen CLIP with random weights
+        conditions and scores nothing meaningful, so leaving it out is an error unless
+        `random_weights` asks for that on purpose (tests, speed measurements)."""
         super().__init__()
+        if not pretrained and not random_weights:
+            raise ValueError(
+                f"CLIP {arch} has no weights: set model.clip.pretrained=<weights file> (for "
+                "ViT-B-32 also the CLIP_WEIGHTS variable), or model.clip.random_weights=true "
+                "to use random weights on purpose")
         self.arch = arch
         self.model = create_clip(arch, pretrained)
         self.model.eval().requires_grad_(False)
