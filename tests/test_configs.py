@@ -68,3 +68,10 @@ def test_every_eval_suite_composes(name):
     assert cfg.suite.prompts._target_.startswith("clipgen.evaluation.prompts.")
     assert cfg.suite.real.dataset._target_.startswith("clipgen.data.")
     assert set(cfg.metrics.fid_features) <= {"inception", "clip"}
+
+
+def test_training_without_a_logger_as_the_readme_says():
+    from clipgen.jobs.training import build_logger
+
+    cfg = _compose(["experiment=shapes_vqgan", "~logger"])
+    assert cfg.get("logger") is None and build_logger(cfg) is False
