@@ -134,3 +134,46 @@ def sampling_rows(models: Mapping[str, PriorConfig], batches: Sequence[int],
                     row["x_recompute_fp32"] = (round(recompute / times[key], 1)
                                                if recompute else "")
     return rows
+
+
+def layout_rows(shapes: Sequence[Sequence[int]], batches: Sequence[int], copies: int = 40,
+                repeats: int = 5) -> list[dict[str, Any]]:
+    """Milliseconds and weight GB/s of one linear layer in the decoder's two layouts, x @ W
+    with W (in, out) and W @ x.T with W (out, in), for each (in, out) shape and row count;
+    `copies` distinct weights are cycled so that none stays in cache (as in decoding)."""
+    rows = []
+    for n_in, n_out in shapes:
+        in_out = [torch.randn(n_in, n_out) for _ in range(copies)]
+        out_in = [w.t().contiguous() for w in in_out]
+        gigabytes = n_in * n_out * 4 / 1e9
+        for batch in batches:
+            x = torch.randn(batch, n_in)
+            forms = {"x @ W(in,out)": lambda x=x, ws=in_out: [torch.mm(x, w) for w in ws],
+                     "W(out,in) @ x.T": lambda x=x, ws=out_in: [torch.mm(w, x.t()) for w in ws]}
+            for form, run in forms.items():
+                ms = _best_seconds(run, torch.device("cpu"), repeats) / copies * 1e3
+                rows.append({"in": n_in, "out": n_out, "rows": batch, "form": form,
+                             "ms": round(ms, 3), "weight_gb_s": round(gigabytes / ms * 1e3, 1)})
+    return rows
+
+
+def token_pick_rows(vocab: int, batch: int, top_k: int, repeats: int = 200
+                    ) -> list[dict[str, Any]]:
+    """Milliseconds per step of drawing one token per row with top-k: masking the whole
+    vocabulary then drawing from it, against drawing among the k best (`pick_tokens`)."""
+    from clipgen.generation.sampling import filter_logits, pick_tokens
+
+    logits = torch.randn(batch, vocab)
+    cfg = SamplingConfig(top_k=top_k)
+
+    def whole_vocabulary() -> torch.Tensor:
+        return torch.multinomial(filter_logits(logits, top_k).softmax(-1), 1)
+
+    def k_best() -> torch.Tensor:
+        return pick_tokens(logits, cfg, None)
+
+    device = torch.device("cpu")
+    return [{"vocab": vocab, "rows": batch, "top_k": top_k, "draw": name,
+             "ms": round(_best_seconds(lambda f=f: [f() for _ in range(repeats)], device, 3)
+                         / repeats * 1e3, 3)}
+            for name, f in (("whole vocabulary", whole_vocabulary), ("k best", k_best))]
