@@ -137,8 +137,8 @@ def clipgen_metadata(checkpoint: Mapping[str, Any], path: str | Path) -> dict[st
     meta = checkpoint.get("clipgen")
     if not isinstance(meta, Mapping) or "stage" not in meta:
         raise ValueError(f"{path} is not a clipgen training checkpoint (no 'clipgen' block with "
-                         "its stage and config); taming-format VQGAN checkpoints load with "
-                         "clipgen.models.vqgan.load_vqgan_weights and an explicit VQGANConfig")
+                         "its stage and config); a taming-format VQGAN checkpoint needs its "
+                         "architecture named: vqgan_arch=<name>")
     meta = dict(meta)
     meta["stage"] = LEGACY_STAGE_NAMES.get(meta["stage"], meta["stage"])
     return meta

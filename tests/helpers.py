@@ -16,6 +16,28 @@ TINY_VQGAN = dict(resolution=16, ch=32, ch_mult=[1, 2], num_res_blocks=1, attn_r
 CLIP_ARCH = "clipgen-shapes-vit-tiny"
 
 
+def save_lightning1_checkpoint(state_dict: dict, path: Path, hyper_parameters=None,
+                               **save_kwargs) -> None:
+    """`state_dict` saved the way taming's public files are: a whole Lightning 1.x training
+    checkpoint (callbacks keyed by the ModelCheckpoint class, optimizer states, hparams)."""
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    params = [t for t in state_dict.values() if t.is_floating_point()]
+    opt = torch.optim.Adam([torch.nn.Parameter(t.clone()) for t in params], lr=4.5e-6,
+                           betas=(0.5, 0.9))
+    sum(p.sum() for group in opt.param_groups for p in group["params"]).backward()
+    opt.step()
+    torch.save({"epoch": 1, "global_step": 7, "pytorch-lightning_version": "1.0.8",
+                "state_dict": state_dict,
+                "callbacks": {ModelCheckpoint: {"monitor": "val/rec_loss",
+                                                "best_model_score": torch.tensor(0.12),
+                                                "best_model_path": "logs/ckpts/epoch=1.ckpt"}},
+                "optimizer_states": [opt.state_dict()], "lr_schedulers": [],
+                "hparams_name": "kwargs",
+                "hyper_parameters": hyper_parameters or OmegaConf.create({})},
+               path, **save_kwargs)
+
+
 def write_tiny_encoders(folder: Path, seed: int = 0) -> tuple[Path, Path]:
     """A random tiny VQGAN (16 px, 8x8 tokens, 24 codes) and the tiny Shapes CLIP, saved as
     `vqgan.safetensors` (+ `vqgan.yaml`) and `clip.pt` in `folder`."""

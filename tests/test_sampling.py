@@ -137,3 +137,43 @@ def test_top_k_draw_has_the_masked_softmax_distribution():
     expected = filter_logits(logits, top_k=5, top_p=0.9).softmax(-1)[0]
     assert (freq - expected).abs().max() < 0.015
     assert set(draws.tolist()) == set(torch.nonzero(expected).flatten().tolist())
+
+
+def test_sample_py_takes_a_taming_checkpoint_with_its_arch_name(tmp_path):
+    from clipgen.checkpoint import load_safetensors
+    from clipgen.models.bundle import bundle_clip, default_bundle
+    from tests.helpers import save_lightning1_checkpoint
+
+    bundle = default_bundle()
+    taming = tmp_path / "last.ckpt"  # the shipped tokenizer, laid out as a taming public file
+    save_lightning1_checkpoint(load_safetensors(bundle / "vqgan.safetensors"), taming)
+    clip_arch, clip_weights = bundle_clip(bundle)
+    pieces = [f"vqgan={taming}", f"clip.arch={clip_arch}", f"clip.pretrained={clip_weights}",
+              f"prior={bundle / 'prior.safetensors'}", "prompts=[a red circle]",
+              "samples_per_prompt=1", "n_candidates=1"]
+    missing = _sample(*pieces, f"hydra.run.dir={tmp_path / 'a'}", cwd=tmp_path)
+    assert missing.returncode == 2 and "vqgan_arch=" in missing.stderr, missing.stderr
+    assert not (tmp_path / "a" / "samples.jsonl").exists()
+    run = _sample(*pieces, "vqgan_arch=shapes_f4", "+resolution=64",
+                  f"hydra.run.dir={tmp_path / 'b'}", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    record = json.loads((tmp_path / "b" / "samples.jsonl").read_text())
+    assert (tmp_path / "b" / record["file"]).is_file()
+
+
+def test_vqgan_arch_setting_reads_names_and_files(tmp_path):
+    from omegaconf import OmegaConf
+
+    from clipgen.generation.settings import vqgan_arch_setting
+
+    search = [ROOT / "configs"]
+    assert vqgan_arch_setting("f16_16384", OmegaConf.create({}), search)["n_embed"] == 16384
+    with pytest.raises(ValueError, match=r"\+resolution="):
+        vqgan_arch_setting("shapes_f4", OmegaConf.create({}), search)
+    assert vqgan_arch_setting("shapes_f4", OmegaConf.create({"resolution": 64}),
+                              search)["resolution"] == 64
+    (tmp_path / "arch.yaml").write_text("resolution: 32\nch: 8\n")
+    assert vqgan_arch_setting(str(tmp_path / "arch.yaml"), OmegaConf.create({}), search) == {
+        "resolution": 32, "ch": 8}
+    with pytest.raises(FileNotFoundError, match="available: f16_16384, shapes_f4"):
+        vqgan_arch_setting("f16", OmegaConf.create({}), search)

@@ -5,7 +5,6 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from omegaconf import OmegaConf
-from pytorch_lightning.callbacks import ModelCheckpoint
 from taming.modules.diffusionmodules.model import Decoder, Encoder
 from taming.modules.discriminator.model import NLayerDiscriminator
 from taming.modules.vqvae.quantize import VectorQuantizer2
@@ -20,6 +19,7 @@ from clipgen.metrics.reconstruction import codebook_stats
 from clipgen.models.quantizers import L2Quantizer
 from clipgen.models.vqgan import VQGAN, VQGANConfig, load_vqgan, load_vqgan_weights
 from clipgen.models.vqgan_loss import VQGANLoss, VQGANLossConfig
+from tests.helpers import save_lightning1_checkpoint
 
 TINY = dict(resolution=16, ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(),
             z_channels=32, n_embed=24, embed_dim=8)
@@ -35,23 +35,12 @@ def _taming_checkpoint(path, cfg: VQGANConfig, **save_kwargs) -> nn.Module:
     ref.post_quant_conv = nn.Conv2d(cfg.embed_dim, cfg.z_channels, 1)
     ref.loss = nn.Module()
     ref.loss.discriminator = NLayerDiscriminator(3, 8, 2)
-    # The whole Lightning 1.x training checkpoint, as taming's public files are laid out
-    opt = torch.optim.Adam(ref.parameters(), lr=4.5e-6, betas=(0.5, 0.9))
-    sum(p.sum() for p in ref.parameters()).backward()
-    opt.step()
     hparams = OmegaConf.create({"ddconfig": cfg.ddconfig(), "n_embed": cfg.n_embed,
                                 "embed_dim": cfg.embed_dim,
                                 "lossconfig": {"target": "taming.modules.losses.vqperceptual."
                                                "VQLPIPSWithDiscriminator",
                                                "params": {"disc_start": 250001}}})
-    torch.save({"epoch": 1, "global_step": 7, "pytorch-lightning_version": "1.0.8",
-                "state_dict": ref.state_dict(),
-                "callbacks": {ModelCheckpoint: {"monitor": "val/rec_loss",
-                                                "best_model_score": torch.tensor(0.12),
-                                                "best_model_path": "logs/ckpts/epoch=1.ckpt"}},
-                "optimizer_states": [opt.state_dict()], "lr_schedulers": [],
-                "hparams_name": "kwargs", "hyper_parameters": hparams},
-               path, **save_kwargs)
+    save_lightning1_checkpoint(ref.state_dict(), path, hparams, **save_kwargs)
     return ref
 
 

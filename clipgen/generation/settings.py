@@ -5,8 +5,14 @@ read globally."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
 import torch
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError
 
 from clipgen.generation.generators import METHODS
 from clipgen.generation.text_to_image import TextToImage
@@ -20,16 +26,50 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def config_dirs() -> list[Path]:
+    """The primary config folders of the running Hydra job (none outside a Hydra job)."""
+    if not HydraConfig.initialized():
+        return []
+    return [Path(source.path) for source in HydraConfig.get().runtime.config_sources
+            if source.schema == "file" and source.provider == "main"]
+
+
+def vqgan_arch_setting(value: str, cfg: DictConfig,
+                       search: Sequence[Path] | None = None) -> dict[str, Any]:
+    """The architecture `vqgan_arch=` names: a `.yaml` file, or an option of the
+    `model/vqgan` config group (`f16_16384` ...). Interpolations such as `${resolution}`
+    resolve against `cfg`."""
+    search = config_dirs() if search is None else search
+    candidates = [Path(value)] + [d / "model" / "vqgan" / f"{value}.yaml" for d in search]
+    path = next((p for p in candidates if p.is_file()), None)
+    if path is None:
+        names = sorted({p.stem for d in search for p in (d / "model" / "vqgan").glob("*.yaml")})
+        raise FileNotFoundError(f"vqgan_arch={value} is neither a .yaml file nor a config of "
+                                f"model/vqgan (available: {', '.join(names) or 'none found'})")
+    arch = OmegaConf.load(path)
+    combined = OmegaConf.merge(cfg, {"vqgan_arch": arch})
+    try:
+        return OmegaConf.to_container(combined.vqgan_arch, resolve=True)
+    except InterpolationResolutionError as err:
+        raise ValueError(f"vqgan_arch={value} ({path}) refers to a setting this run does not "
+                         f"have ({err}); add it, e.g. +resolution=<pixels>") from err
+
+
 def build_generator(cfg: DictConfig, device: torch.device) -> TextToImage:
     """The models of `cfg`: a `bundle=` folder (the shipped one when unset), or the pieces
-    `vqgan=`, `clip.arch=` (+ `clip.pretrained=`) and `prior=` together."""
+    `vqgan=` (+ `vqgan_arch=` for a taming checkpoint), `clip.arch=` (+ `clip.pretrained=`)
+    and `prior=` together."""
     pieces = (cfg.get("vqgan"), cfg.clip.get("arch"), cfg.get("prior"))
+    if cfg.get("vqgan_arch") and not cfg.get("vqgan"):
+        raise ValueError("vqgan_arch= describes the checkpoint given by vqgan=<file>; "
+                         "set vqgan= too (with clip.arch= and prior=)")
     if any(pieces):
         if not all(pieces):
             raise ValueError("giving pieces separately needs vqgan=, clip.arch= (with "
                              "clip.pretrained=) and prior= together; or give bundle=<folder>")
+        arch = vqgan_arch_setting(cfg.vqgan_arch, cfg) if cfg.get("vqgan_arch") else None
         return TextToImage.from_files(cfg.vqgan, cfg.clip.arch, cfg.clip.get("pretrained"),
-                                      cfg.prior, device)
+                                      cfg.prior, device, vqgan_arch=arch)
     return TextToImage.from_bundle(cfg.get("bundle") or default_bundle(), device)
 
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm import tqdm
@@ -46,9 +47,11 @@ class TextToImage:
 
     @classmethod
     def from_files(cls, vqgan: str | Path, clip_arch: str, clip_weights: str | Path | None,
-                   prior: str | Path, device: str | torch.device = "cpu") -> TextToImage:
-        """Load each piece from its own file (checkpoints or exports)."""
-        vq = load_vqgan(vqgan)
+                   prior: str | Path, device: str | torch.device = "cpu",
+                   vqgan_arch: Mapping[str, Any] | None = None) -> TextToImage:
+        """Load each piece from its own file (checkpoints or exports); `vqgan_arch` is the
+        architecture of a VQGAN file that does not carry it (a taming checkpoint)."""
+        vq = load_vqgan(vqgan, vqgan_arch)
         clip = FrozenCLIP(clip_arch, str(clip_weights) if clip_weights else None)
         return cls(vq, clip, load_prior(prior, vq, clip), device)
 

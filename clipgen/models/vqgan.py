@@ -212,6 +212,12 @@ def load_vqgan(path: str | Path, arch: Mapping[str, Any] | None = None) -> VQGAN
     else:
         checkpoint = load_torch_file(path)
         if arch is None:
+            if "clipgen" not in checkpoint:
+                raise ValueError(
+                    f"{path} holds no architecture (a taming-format checkpoint): name it with "
+                    "vqgan_arch=<name of configs/model/vqgan, e.g. f16_16384 for "
+                    "vqgan_imagenet_f16_16384> or vqgan_arch=<arch .yaml file> (for "
+                    "precompute.py: model/vqgan@model.tokenizer.arch=<name>)")
             meta = clipgen_metadata(checkpoint, path)
             if meta["stage"] != "vqgan":
                 raise ValueError(f"{path} is a {meta['stage']!r} checkpoint, not a VQGAN one")
