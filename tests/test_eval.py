@@ -11,6 +11,7 @@ import pytest
 import scipy.linalg
 import torch
 from hydra import compose, initialize_config_dir
+from PIL import Image
 from torch import nn
 
 from clipgen.evaluation.image_vs_text import condition_gap
@@ -100,6 +101,48 @@ def test_reference_statistics_round_trip(tmp_path):
     c.load_real_state(state_from_npz(tmp_path / "ref.npz"))
     c.update(fake, real=False)
     assert c.compute()[0.0] == pytest.approx(a.compute()[0.0], rel=1e-6)
+
+
+def _image_folder(root: Path, n: int, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    (root / "cls").mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(
+            root / "cls" / f"{i}.png")
+    return root
+
+
+def test_reference_statistics_are_keyed_by_weights_and_real_files(tmp_path):
+    from omegaconf import OmegaConf
+
+    from clipgen.evaluation.reference_stats import fill_reference
+
+    root = _image_folder(tmp_path / "real", 12)
+    cfg = OmegaConf.create({
+        "suite": {"name": "t", "real": {"num_images": 12, "npz": None, "dataset": {
+            "_target_": "clipgen.data.image_folder.ImageFolderDataset", "root": str(root),
+            "resolution": 16}}},
+        "metrics": {"fid_radii": [0], "batch_size": 5}, "reference_dir": str(tmp_path / "ref")})
+    fake = _random_images(12, 3)
+
+    def fd_with(net):
+        fd = FrechetSet(net)
+        return fd, fill_reference(fd, cfg, "pixels")
+
+    first, path = fd_with(ProjectPixels())
+    assert path.is_file() and first.real_count() == 12
+    again, same = fd_with(ProjectPixels())
+    assert same == path  # same weights, same files: the cache is reused
+    other_net = ProjectPixels()
+    other_net.w.mul_(2)  # other weights, same architecture and name
+    _, other_path = fd_with(other_net)
+    assert other_path != path
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(root / "cls" / "3.png")
+    changed, changed_path = fd_with(ProjectPixels())  # one real image replaced
+    assert changed_path not in (path, other_path)
+    for fd in (first, changed):
+        fd.update(fake, real=False)
+    assert changed.compute()[0.0] != pytest.approx(first.compute()[0.0])
 
 
 def test_missing_inception_weights_name_the_file(tmp_path, monkeypatch):
@@ -223,7 +266,7 @@ def test_interrupted_generation_resumes_without_regenerating(tmp_path):
     assert resumed.batches == 2
     assert torch.equal(read_images(part, range(9)), read_images(whole, range(9)))
     assert not list((part / "images").glob(".*tmp"))
-    with pytest.raises(ValueError, match="other prompts or settings"):
+    with pytest.raises(ValueError, match="settings.method: .test. there, .other. now"):
         generate_images(CountingGenerator(), prompts, part, {"method": "other"}, batch_size=2)
 
 
@@ -274,6 +317,13 @@ def test_shapes_suite_writes_a_report_and_resumes(tmp_path):
     again = run_suite(cfg)  # nothing left to generate; the reference comes from the cache
     assert image_path(out, 0).stat().st_mtime_ns == first
     assert again["metrics"]["fd_clip"] == pytest.approx(metrics["fd_clip"])
+    assert report["generator"]["model"]["prior"] == json.loads(
+        (out / "manifest.json").read_text())["settings"]["model"]["prior"]
+    # the same bundle path with other weights (a new release) must not mix into the folder
+    other = write_tiny_bundle(tmp_path / "other", seed=1)
+    (bundle / "prior.safetensors").write_bytes((other / "prior.safetensors").read_bytes())
+    with pytest.raises(ValueError, match=r"model\.prior: '[0-9a-f]+' there"):
+        run_suite(cfg)
 
 
 def test_token_regions_split_object_near_far_and_border():

@@ -60,9 +60,13 @@ class CocoCaptionsDataset(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
+    def source_file(self, index: int) -> Path:
+        """The image file item `index` is read from."""
+        return self.image_dir / self.files[int(self.items[index]["image_id"])]
+
     def __getitem__(self, index: int) -> dict | None:
         ann = self.items[index]
-        path = self.image_dir / self.files[int(ann["image_id"])]
+        path = self.source_file(index)
         try:
             image = self.transform(load_image(path))
         except Exception as error:  # missing or corrupt file: count and skip

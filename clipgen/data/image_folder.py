@@ -53,6 +53,10 @@ class ImageFolderDataset(Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
+    def source_file(self, index: int) -> Path:
+        """The file item `index` is read from."""
+        return self.files[index][0]
+
     def __getitem__(self, index: int) -> dict | None:
         path, label = self.files[index]
         try:

@@ -31,18 +31,34 @@ def _manifest(prompts: Sequence[EvalPrompt], settings: dict[str, Any]) -> dict[s
     return {"count": len(prompts), "prompts_sha256": digest, "settings": settings}
 
 
+def _differences(have: Any, want: Any, where: str = "") -> list[str]:
+    """The leaves where two manifests differ, as `key: there -> here`."""
+    if isinstance(have, dict) and isinstance(want, dict):
+        return [d for k in sorted(set(have) | set(want), key=str)
+                for d in _differences(have.get(k), want.get(k), f"{where}{k}.")]
+    return [] if have == want else [f"{where.rstrip('.')}: {have!r} there, {want!r} now"]
+
+
+def read_manifest(out_dir: Path) -> dict[str, Any]:
+    """The manifest of a folder of generated images."""
+    path = out_dir / "manifest.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{out_dir} has no manifest.json: run the generate step first")
+    return json.loads(path.read_text())
+
+
 def check_manifest(out_dir: Path, prompts: Sequence[EvalPrompt], settings: dict[str, Any]) -> None:
     """Record what the folder's images are made from; refuse to mix in another prompt set or
-    other generator settings."""
+    other generator settings or weights."""
     want = _manifest(prompts, settings)
     path = out_dir / "manifest.json"
     if path.is_file():
         have = json.loads(path.read_text())
         if have != want:
             raise ValueError(
-                f"{out_dir} holds images generated with other prompts or settings "
-                f"(manifest.json: {have}; now: {want}). Use another out_dir, or delete the "
-                "folder to start over")
+                f"{out_dir} holds images generated with other prompts, settings or weights ("
+                + "; ".join(_differences(have, want)) + "). Use another out_dir, or delete "
+                "the folder to start over")
         return
     out_dir.mkdir(parents=True, exist_ok=True)
     write_atomic(path, lambda p: p.write_text(json.dumps(want, indent=2, sort_keys=True)))

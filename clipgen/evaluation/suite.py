@@ -3,7 +3,6 @@ prompts and the suite's real images, and write report.json, report.md and grid.p
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -13,18 +12,21 @@ from typing import Any
 
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torchvision.utils import make_grid
 from tqdm import tqdm
 
-from clipgen.data.transforms import from_uint8, to_pil, to_uint8
+from clipgen.checkpoint import fingerprint
+from clipgen.data.transforms import from_uint8, to_pil
 from clipgen.distributed import process_rank
 from clipgen.evaluation.prompts import EvalPrompt
+from clipgen.evaluation.reference_stats import fill_reference
 from clipgen.evaluation.sharded_generation import (
     ImageGenerator,
     generate_images,
     missing_images,
     read_images,
+    read_manifest,
 )
 from clipgen.generation.generators import generate_by_method
 from clipgen.generation.settings import build_generator, method_settings, resolve_device
@@ -32,7 +34,7 @@ from clipgen.generation.text_to_image import TextToImage
 from clipgen.metrics.attributes import attribute_accuracy
 from clipgen.metrics.caps import CaptionScorer, caps_from_nll
 from clipgen.metrics.clip_score import clip_scores
-from clipgen.metrics.frechet import CLIPImageFeatures, FrechetSet, state_from_npz
+from clipgen.metrics.frechet import CLIPImageFeatures, FrechetSet
 from clipgen.metrics.inception import InceptionFeatures, find_inception_weights
 from clipgen.metrics.shapes_reader import read_attributes
 from clipgen.models.bundle import bundle_clip, default_bundle
@@ -41,9 +43,12 @@ from clipgen.models.clip import FrozenCLIP
 log = logging.getLogger(__name__)
 
 
-def generator_settings(cfg: DictConfig) -> dict[str, Any]:
-    """What the images depend on: recorded in the folder's manifest."""
-    models = {k: str(cfg.get(k)) for k in ("bundle", "vqgan", "prior")}
+def generator_settings(cfg: DictConfig, pipe: TextToImage) -> dict[str, Any]:
+    """What the images depend on, recorded in the folder's manifest: the method and its
+    settings, and the models by fingerprints of their weights (not by path: the shipped bundle
+    changes between releases, and a path can be overwritten)."""
+    models = {"vqgan": fingerprint(pipe.vqgan), "clip": fingerprint(pipe.clip.model),
+              "prior": fingerprint(pipe.prior)}
     return {"method": cfg.method, "model": models,
             "settings": method_settings(cfg), "n_candidates": cfg.n_candidates,
             "batch_size": cfg.batch_size, "seed": cfg.seed}
@@ -76,48 +81,6 @@ def metric_clip(cfg: DictConfig, device: torch.device) -> tuple[FrozenCLIP, str]
     return FrozenCLIP(arch, pretrained).to(device), f"{arch} (the generator's CLIP)"
 
 
-def reference_path(cfg: DictConfig, feature: str, clip_name: str) -> Path:
-    """Cache file of the real statistics, keyed by suite, real data, feature and blur radii."""
-    key = json.dumps({"real": OmegaConf.to_container(cfg.suite.real, resolve=True),
-                      "radii": list(cfg.metrics.fid_radii), "feature": feature,
-                      "clip": clip_name if feature == "clip" else None}, sort_keys=True)
-    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
-    return Path(cfg.reference_dir) / f"{cfg.suite.name}-{feature}-{digest}.pt"
-
-
-def fill_reference(fd: FrechetSet, cfg: DictConfig, path: Path) -> None:
-    """Real statistics: from the cache file, a reference npz (radius 0 only), or the suite's
-    real images (then cached)."""
-    real = cfg.suite.real
-    if path.is_file():
-        fd.load_real(path)
-        log.info("reference statistics from %s", path)
-        return
-    if real.get("npz"):
-        if fd.radii != [0.0]:
-            raise ValueError("a reference npz holds radius-0 statistics only: set "
-                             "metrics.fid_radii=[0]")
-        fd.load_real_state(state_from_npz(real.npz))
-        return
-    dataset = instantiate(real.dataset)
-    n = min(int(real.num_images), len(dataset))
-    skipped = 0
-    batch: list[torch.Tensor] = []
-    for i in tqdm(range(n), desc="real images", unit="img"):
-        item = dataset[i]
-        if item is None:  # unreadable image, counted by the dataset
-            skipped += 1
-            continue
-        batch.append(item["image"])
-        if len(batch) == cfg.metrics.batch_size or i == n - 1:
-            fd.update(to_uint8(torch.stack(batch)), real=True)
-            batch = []
-    if skipped:
-        log.warning("%d unreadable real images skipped", skipped)
-    fd.save_real(path)
-    log.info("reference statistics (%d images) cached in %s", fd.real_count(), path)
-
-
 @torch.no_grad()
 def score_images(cfg: DictConfig, prompts: Sequence[EvalPrompt], out_dir: Path,
                  device: torch.device) -> dict[str, Any]:
@@ -137,7 +100,7 @@ def score_images(cfg: DictConfig, prompts: Sequence[EvalPrompt], out_dir: Path,
         else:
             raise ValueError(f"unknown FD feature {feature!r}: use inception or clip")
         fd_sets[feature] = FrechetSet(net.to(device), m.fid_radii).to(device)
-        fill_reference(fd_sets[feature], cfg, reference_path(cfg, feature, clip_name))
+        fill_reference(fd_sets[feature], cfg, feature)
     inception_score = None
     if m.inception_score:
         from torchmetrics.image.inception import InceptionScore
@@ -199,12 +162,6 @@ def write_report(report: dict[str, Any], out_dir: Path, count: int, grid_size: i
     to_pil(make_grid(grid, nrow=8, padding=2, pad_value=1.0)).save(out_dir / "grid.png")
 
 
-def build_image_generator(cfg: DictConfig, device: torch.device) -> ImageGenerator:
-    """The generator named by `cfg.method` over the configured models."""
-    method_settings(cfg)  # an unknown method fails before any model loads
-    return method_image_generator(build_generator(cfg, device), cfg)
-
-
 def run_suite(cfg: DictConfig) -> dict[str, Any] | None:
     """The configured steps (`generate`, `metrics`) of one suite; returns the report when the
     metrics step ran."""
@@ -220,10 +177,12 @@ def run_suite(cfg: DictConfig) -> dict[str, Any] | None:
         raise ValueError(f"unknown steps {sorted(unknown)}: use generate and/or metrics")
     timing: dict[str, float] = {}
     if "generate" in steps:
-        image_generator = build_image_generator(cfg, device)
+        method_settings(cfg)  # an unknown method fails before any model loads
+        pipe = build_generator(cfg, device)
         start = time.perf_counter()
-        made = generate_images(image_generator, prompts, out_dir, generator_settings(cfg),
-                               cfg.batch_size, cfg.seed, rank, world)
+        made = generate_images(method_image_generator(pipe, cfg), prompts, out_dir,
+                               generator_settings(cfg, pipe), cfg.batch_size, cfg.seed, rank,
+                               world)
         if made:
             seconds = time.perf_counter() - start
             timing = {"generated_now": made, "seconds": round(seconds, 2),
@@ -236,7 +195,7 @@ def run_suite(cfg: DictConfig) -> dict[str, Any] | None:
     if "metrics" not in steps:
         return None
     report = {"suite": cfg.suite.name, "images": len(prompts), "out_dir": str(out_dir),
-              "generator": generator_settings(cfg), "timing": timing,
+              "generator": read_manifest(out_dir)["settings"], "timing": timing,
               "metrics": score_images(cfg, prompts, out_dir, device)}
     write_report(report, out_dir, len(prompts))
     return report

@@ -51,6 +51,7 @@ class FrechetSet:
 
     def __init__(self, features: nn.Module, radii: Iterable[float] = (0,)) -> None:
         self.radii = [float(r) for r in radii]
+        self.features = features
         self.metrics = {r: FrechetInceptionDistance(feature=features, reset_real_features=False)
                         for r in self.radii}
 
