@@ -175,7 +175,7 @@ def test_clip_score_conventions():
     assert scores["clip_cosine"] == pytest.approx(0.1)
 
 
-def _tiny_captioner(folder: Path) -> Path:
+def _tiny_captioner(folder: Path, pad_token: bool = True) -> Path:
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import (
         GPT2Config,
@@ -190,8 +190,8 @@ def _tiny_captioner(folder: Path) -> Path:
     words = ["<pad>", "<s>", "<unk>", "a", "red", "blue", "circle", "star", "on", "the", "left"]
     tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>",
-                                        bos_token="<s>", unk_token="<unk>")
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", unk_token="<unk>",
+                                        **({"pad_token": "<pad>"} if pad_token else {}))
     torch.manual_seed(0)
     encoder = ViTModel(ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1,
                                  num_attention_heads=2, intermediate_size=64))
@@ -200,7 +200,7 @@ def _tiny_captioner(folder: Path) -> Path:
                                          bos_token_id=1, eos_token_id=1))
     model = VisionEncoderDecoderModel(encoder=encoder, decoder=decoder)
     model.config.decoder_start_token_id = 1
-    model.config.pad_token_id = 0
+    model.config.pad_token_id = 0 if pad_token else None  # GPT-2 captioners have none
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
@@ -208,10 +208,9 @@ def _tiny_captioner(folder: Path) -> Path:
 
 
 @torch.no_grad()
-def test_caps_equals_a_hand_computation(tmp_path):
-    from PIL import Image
-
-    scorer = CaptionScorer(_tiny_captioner(tmp_path / "captioner"))
+@pytest.mark.parametrize("pad_token", [True, False])
+def test_caps_equals_a_hand_computation(tmp_path, pad_token):
+    scorer = CaptionScorer(_tiny_captioner(tmp_path / "captioner", pad_token))
     rng = np.random.default_rng(0)
     images = [Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8))
               for _ in range(2)]

@@ -38,9 +38,23 @@ class CaptionScorer:
         if len(images) != len(captions):
             raise ValueError(f"{len(images)} images for {len(captions)} captions")
         pixels = self.processor(images=list(images), return_tensors="pt").pixel_values
-        enc = self.tokenizer(list(captions), return_tensors="pt", padding=True)
-        labels = enc.input_ids.masked_fill(enc.attention_mask == 0, -100).to(self.device)
-        logits = self.model(pixel_values=pixels.to(self.device), labels=labels).logits
+        # Tokenised one by one and padded here: GPT-2 captioners' tokenizers have no pad token.
+        ids = [self.tokenizer(c).input_ids for c in captions]
+        if not all(ids):
+            raise ValueError("CapS cannot score an empty caption")
+        start = self.model.config.decoder_start_token_id
+        if start is None:
+            raise ValueError(f"captioner {self.name} sets no decoder_start_token_id in its "
+                             "config.json")
+        width = max(map(len, ids))
+        labels = torch.full((len(ids), width), -100, dtype=torch.long)
+        inputs = torch.full((len(ids), width), start, dtype=torch.long)
+        for row, seq in enumerate(ids):  # the decoder reads <start> + caption[:-1]
+            labels[row, :len(seq)] = torch.tensor(seq)
+            inputs[row, 1:len(seq)] = torch.tensor(seq[:-1])
+        labels = labels.to(self.device)
+        logits = self.model(pixel_values=pixels.to(self.device),
+                            decoder_input_ids=inputs.to(self.device)).logits
         nll = F.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=-100,
                               reduction="none")
         mask = labels != -100
