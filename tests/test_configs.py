@@ -75,3 +75,37 @@ def test_training_without_a_logger_as_the_readme_says():
 
     cfg = _compose(["experiment=shapes_vqgan", "~logger"])
     assert cfg.get("logger") is None and build_logger(cfg) is False
+
+
+def test_every_experiment_runs_on_shards(tmp_path):
+    """data=webdataset composes with each experiment (none sets a key only Shapes has) and
+    the CLIP stage's reader drops uncaptioned samples."""
+    from clipgen.data.export_shapes import export_shapes
+
+    export_shapes(tmp_path, 8, image_size=16, shard_size=4, progress=False)
+    for name in EXPERIMENTS:
+        if name in ("shapes_prior", "coco_gpt2_medium"):
+            continue  # stage 2 trains from the precomputed cache, not from shards
+        cfg = _compose([f"experiment={name}", "data=webdataset",
+                        f"data.train.urls='{tmp_path}/{{00000..00001}}.tar'", "resolution=16"])
+        dm = instantiate(cfg.data)
+        assert dm.train_set.__class__.__name__ == "WebImageTextDataset", name
+        assert cfg.data.train.require_caption == (cfg.stage.name == "clip"), name
+
+
+def test_precompute_from_shards_encodes_each_image_once(tmp_path):
+    from clipgen.data.export_shapes import export_shapes
+    from clipgen.data.precomputed import PrecomputedDataset
+    from clipgen.jobs.build_cache import run_precompute
+    from tests.helpers import write_tiny_bundle
+
+    bundle = write_tiny_bundle(tmp_path / "bundle")
+    export_shapes(tmp_path / "shards", 14, image_size=16, shard_size=5, progress=False)
+    with initialize_config_dir(str(CONFIGS), version_base="1.3"):
+        cfg = compose("precompute", overrides=[
+            "experiment=shapes_prior", "data=webdataset", "resolution=16", "splits=[train]",
+            f"data.train.urls='{tmp_path}/shards/{{00000..00002}}.tar'", "data.num_workers=0",
+            f"bundle_dir={bundle}", f"cache_dir={tmp_path}/cache", "batch_size=4"])
+    assert cfg.data.train.resampled  # as configured for training; precompute reads once
+    run_precompute(cfg)
+    assert len(PrecomputedDataset(tmp_path / "cache" / "train")) == 2 * 14  # with flips

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import pytorch_lightning as pl
@@ -9,7 +10,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 
 from clipgen.data.resumable import ResumableSampler
+from clipgen.data.skips import describe_skips, skip_summary
 from clipgen.distributed import process_rank
+
+log = logging.getLogger(__name__)
 
 
 def collate_samples(batch: list[dict | None]) -> dict[str, Any]:
@@ -94,8 +98,11 @@ class ImageTextDataModule(pl.LightningDataModule):
 
     def skipped(self) -> int:
         """Samples skipped as unreadable so far, over every dataset and worker."""
-        return sum(d.skipped.count for d in (self.train_set, self.val_set)
-                   if d is not None and hasattr(d, "skipped"))
+        return self.skip_summary()["skipped_samples"]
+
+    def skip_summary(self) -> dict[str, int]:
+        """Samples skipped and shards cut short so far, over every dataset and worker."""
+        return skip_summary(d for d in (self.train_set, self.val_set) if d is not None)
 
 
 class LogSkippedSamples(pl.Callback):
@@ -108,6 +115,9 @@ class LogSkippedSamples(pl.Callback):
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._log(trainer, pl_module)
+        dm = trainer.datamodule
+        if isinstance(dm, ImageTextDataModule) and trainer.is_global_zero:
+            log.info("epoch %d: %s", trainer.current_epoch, describe_skips(dm.skip_summary()))
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule
                                 ) -> None:

@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from clipgen.data.datamodule import collate_samples
 from clipgen.data.precomputed import check_vocab_fits, write_cache_part
+from clipgen.data.skips import describe_skips, skip_summary
 from clipgen.distributed import process_rank
 from clipgen.models.clip import FrozenCLIP
 from clipgen.models.encoders import encode_batch, encoder_identity
@@ -43,6 +44,19 @@ def encode_to_cache(batches: Iterable[dict], vqgan: VQGAN, clip: FrozenCLIP,
     return write_cache_part(tokens, conds, {**identity, "flip": flip}, out_dir, rank)
 
 
+def once_through(data: DictConfig) -> DictConfig:
+    """The data config with streaming splits read once, in order: no resampling, no shuffle,
+    no epoch cut-off, so that each image is encoded exactly once."""
+    data = data.copy()
+    for split in ("train", "val"):
+        node = data.get(split)
+        if node is not None and "resampled" in node:
+            node.resampled = False
+            node.shuffle_buffer = 0
+            node.epoch_length = None
+    return data
+
+
 def run_precompute(cfg: DictConfig) -> list[Path]:
     """Encode `cfg.splits` of `cfg.data` with `cfg.model.tokenizer` and `cfg.model.clip`
     into `cfg.cache_dir/<split>/part-<rank>/`; return the parts written."""
@@ -58,7 +72,7 @@ def run_precompute(cfg: DictConfig) -> list[Path]:
     arch = cfg.model.tokenizer.get("arch")
     vqgan = load_vqgan(cfg.model.tokenizer.path,
                        OmegaConf.to_container(arch, resolve=True) if arch else None).to(device)
-    datamodule = hydra.utils.instantiate(cfg.data)
+    datamodule = hydra.utils.instantiate(once_through(cfg.data))
     parts = []
     for split in cfg.splits:
         dataset = {"train": datamodule.train_set, "val": datamodule.val_set}[split]
@@ -72,6 +86,8 @@ def run_precompute(cfg: DictConfig) -> list[Path]:
         total = len(loader) if not isinstance(dataset, IterableDataset) else None
         part = encode_to_cache(loader, vqgan, clip, Path(cfg.cache_dir) / split, rank=rank,
                                flip=cfg.flip, device=device, total=total)
-        log.info("wrote %s", part)
+        log.info("wrote %s; %s", part, describe_skips(skip_summary([dataset.dataset if
+                                                                    isinstance(dataset, Subset)
+                                                                    else dataset])))
         parts.append(part)
     return parts

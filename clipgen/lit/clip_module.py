@@ -49,7 +49,9 @@ class CLIPModule(ClipgenModule):
         txt = F.normalize(self.model.encode_text(self.tokenize(captions)), dim=-1)
         return img, txt
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
+        if not batch:  # every sample of this batch was unreadable (skipped and counted)
+            return None
         img, txt = self.embed(batch["image"], batch["caption"])
         scale = self.model.logit_scale.exp()
         loss = self.loss_fn(img, txt, scale)
@@ -64,6 +66,8 @@ class CLIPModule(ClipgenModule):
         self._val = []
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
+        if not batch:  # every sample of this batch was unreadable (skipped and counted)
+            return None
         img, txt = self.embed(batch["image"], batch["caption"])
         self._val.append((img.cpu(), txt.cpu(), batch["caption"], batch.get("attributes")))
 

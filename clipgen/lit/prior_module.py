@@ -144,7 +144,9 @@ class PriorModule(ClipgenModule):
         emb = self.encoders.clip.encode_image(images)
         return (1 - (emb * cond).sum(dim=-1)).mean()
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
+        if not batch:  # every sample of this batch was unreadable (skipped and counted)
+            return None
         tokens, cond = self.targets(batch)
         null_mask = null_condition_mask(len(tokens), self.cfg.cond_drop, self.device)
         logits = self.prior(perturb_condition(cond, self.cfg.cond_noise), tokens, null_mask)
@@ -160,6 +162,8 @@ class PriorModule(ClipgenModule):
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
+        if not batch:  # every sample of this batch was unreadable (skipped and counted)
+            return None
         tokens, cond = self.targets(batch)
         logits = self.prior(cond, tokens)
         ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens.reshape(-1))

@@ -53,7 +53,9 @@ class VQGANModule(ClipgenModule):
                                     betas=self.betas)
         return [opt_ae, opt_disc]
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
+        if not batch:  # every sample of this batch was unreadable (skipped and counted)
+            return None
         x = batch["image"]
         step = self.global_step  # before the optimiser steps advance it
         opt_ae, opt_disc = self.optimizers()
@@ -95,6 +97,8 @@ class VQGANModule(ClipgenModule):
         self.val_counts.zero_()
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
+        if not batch:  # every sample of this batch was unreadable (skipped and counted)
+            return None
         x = batch["image"]
         xrec, _, indices = self.eval_model()(x)
         self.val_counts += torch.bincount(indices.flatten(), minlength=self.val_counts.numel())
