@@ -377,3 +377,17 @@ def test_condition_gap_pairs_each_sample_with_its_own_attributes():
     assert report["image_position"] >= 0.9 and report["image_background"] == 1.0
     assert report["text_color"] == 0.0 and report["text_shape"] == 0.0
     assert report["text_background"] < 1.0
+
+
+def test_a_reference_subset_covers_every_class(tmp_path):
+    from clipgen.data.image_folder import ImageFolderDataset
+    from clipgen.evaluation.reference_stats import reference_indices
+
+    for c in range(4):
+        (tmp_path / "real" / f"c{c}").mkdir(parents=True)
+        for i in range(5):
+            Image.new("RGB", (8, 8)).save(tmp_path / "real" / f"c{c}" / f"{i}.png")
+    folder = ImageFolderDataset(tmp_path / "real", resolution=8)
+    picked = reference_indices(len(folder), 8)
+    assert len(set(picked)) == 8 and {folder.files[i][1] for i in picked} == {0, 1, 2, 3}
+    assert reference_indices(20, 50) == list(range(20))

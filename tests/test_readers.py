@@ -1,10 +1,16 @@
 import io
 import json
+import re
+import subprocess
+import sys
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
 from PIL import Image
 from torch.utils.data import DataLoader
 
@@ -156,3 +162,150 @@ def test_shards_split_across_ranks(tmp_path, monkeypatch):
         monkeypatch.setenv("WORLD_SIZE", "2")
         seen.append({s["key"] for s in WebImageTextDataset(urls, resolution=16)})
     assert len(seen[0]) == len(seen[1]) == 20 and not seen[0] & seen[1]
+
+
+def test_bad_text_json_and_missing_captions_are_skipped_by_shard_and_key(tmp_path, caplog):
+    path = tmp_path / "00000.tar"
+    with tarfile.open(path, "w") as tar:
+        for i in range(6):
+            _add(tar, f"{i:09d}.png", _png_bytes())
+            if i != 4:  # sample 4 has no caption
+                _add(tar, f"{i:09d}.txt", b"\xff\xfe not utf-8" if i == 1 else b"a caption")
+            _add(tar, f"{i:09d}.json", b"{not json" if i == 2 else b'{"w": 40}')
+    with caplog.at_level("WARNING"):
+        keys = [s["key"] for s in WebImageTextDataset(str(path), resolution=16)]
+    assert keys == ["000000000", "000000003", "000000004", "000000005"]
+    assert f"{path}:000000001" in caplog.text and f"{path}:000000002" in caplog.text
+    ds = WebImageTextDataset(str(path), resolution=16, require_caption=True)  # the CLIP stage
+    assert [s["key"] for s in ds] == ["000000000", "000000003", "000000005"]
+    assert ds.skipped.count == 3
+
+
+def test_a_truncated_shard_is_counted_and_reading_goes_on(tmp_path):
+    shards = export_shapes(tmp_path, 20, image_size=16, shard_size=10, progress=False)
+    data = shards[0].read_bytes()
+    shards[0].write_bytes(data[: len(data) // 2])  # cut in the middle of a member
+    ds = WebImageTextDataset(str(tmp_path / "{00000..00001}.tar"), resolution=16)
+    keys = [s["key"] for s in ds]
+    assert 10 < len(keys) < 20 and f"{19:09d}" in keys  # the second shard is read in full
+    assert ds.skipped.shards_cut == 1
+    from clipgen.data.skips import describe_skips, skip_summary
+
+    assert describe_skips(skip_summary([ds])).startswith("0 unreadable sample(s) skipped, 1 shard")
+
+
+def test_missing_shards_fail_fast(tmp_path):
+    export_shapes(tmp_path, 20, image_size=16, shard_size=10, progress=False)
+    with pytest.raises(FileNotFoundError, match="matches no file"):
+        WebImageTextDataset(str(tmp_path / "x{00000..00001}.tar"))
+    with pytest.raises(FileNotFoundError, match="1 of 3 shards .* missing"):
+        WebImageTextDataset(str(tmp_path / "{00000..00002}.tar"), resampled=True,
+                            epoch_length=10)
+
+
+def test_an_all_corrupt_batch_is_skipped_by_every_stage():
+    from clipgen.lit.clip_module import CLIPModule
+    from clipgen.lit.prior_module import PriorModule
+    from clipgen.lit.vqgan_module import VQGANModule
+
+    assert collate_samples([None, None]) == {}
+    for module in (CLIPModule, PriorModule, VQGANModule):
+        for step in (module.training_step, module.validation_step):
+            assert step(object.__new__(module), {}, 0) is None
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    from clipgen.data.image_folder import load_image
+
+    pixels = np.zeros((10, 30, 3), np.uint8)
+    pixels[:, :10] = 255  # white on the left of a landscape image
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored rotated: display it turned 90 degrees clockwise
+    Image.fromarray(pixels).save(tmp_path / "photo.jpg", exif=exif, quality=95)
+    upright = np.asarray(load_image(tmp_path / "photo.jpg"))
+    assert upright.shape == (30, 10, 3)
+    assert upright[:10].mean() > 200 and upright[20:].mean() < 50  # white now at the top
+
+
+def _fake_coco(root, n_images=6, per_image=3):
+    (root / "val2014").mkdir(parents=True)
+    images, anns = [], []
+    for i in range(n_images):
+        name = f"COCO_val2014_{i:012d}.jpg"
+        Image.new("RGB", (50, 40), (i * 40, 0, 0)).save(root / "val2014" / name)
+        images.append({"id": 100 + i, "file_name": name})
+        anns += [{"id": 1000 + 10 * i + j, "image_id": 100 + i, "caption": f"image {i} c{j}"}
+                 for j in range(per_image)]
+    (root / "annotations").mkdir()
+    ann_file = root / "annotations" / "captions_val2014.json"
+    ann_file.write_text(json.dumps({"images": images, "annotations": anns}))
+    return ann_file
+
+
+@pytest.mark.parametrize("mode", ["image", "caption"])
+def test_coco_suite_protocols_pair_prompts_with_their_images(tmp_path, mode):
+    from clipgen.evaluation.prompts import coco_prompts
+
+    ann_file = _fake_coco(tmp_path)
+    prompts = coco_prompts(str(ann_file), num_samples=5, seed=3, mode=mode)
+    real = CocoCaptionsDataset(ann_file, tmp_path / "val2014", resolution=16, mode=mode,
+                               num_samples=5, seed=3)
+    assert [p.text for p in prompts] == [real[i]["caption"] for i in range(5)]
+    image_ids = [real[i]["image_id"] for i in range(5)]
+    if mode == "image":  # five distinct images, each with its first caption
+        assert len(set(image_ids)) == 5 and all(p.text.endswith("c0") for p in prompts)
+    else:  # 5 of 18 captions: with this seed some image comes up twice
+        assert len(set(image_ids)) < 5
+
+
+def test_imagenet_prompts_read_the_class_index_and_never_use_wnids(tmp_path):
+    from clipgen.evaluation.prompts import imagenet_prompts
+
+    for wnid in ("n01440764", "n01443537"):
+        (tmp_path / "val" / wnid).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / "val" / wnid / "a.png")
+    with pytest.raises(ValueError, match="WordNet ids .*imagenet_class_index.json"):
+        imagenet_prompts(str(tmp_path / "val"), per_class=1)
+    index = tmp_path / "imagenet_class_index.json"
+    index.write_text(json.dumps({"0": ["n01440764", "tench"], "1": ["n01443537", "goldfish"],
+                                 "2": ["n01484850", "great_white_shark"]}))
+    texts = [p.text for p in imagenet_prompts(str(tmp_path / "val"), str(index), per_class=2)]
+    assert texts == ["a photo of a tench"] * 2 + ["a photo of a goldfish"] * 2
+    # training without names: images kept, captions empty rather than "a photo of a n01440764."
+    assert ImageFolderDataset(tmp_path / "val", resolution=8)[0]["caption"] == ""
+
+
+def test_the_coco_recipe_of_data_readme_runs_on_a_fake_layout(tmp_path, monkeypatch):
+    """The documented commands, as written, on a tiny COCO layout: local files, one sample per
+    image, the printed shard pattern read by data=coco."""
+    root = Path(__file__).resolve().parents[1]
+    recipe = (root / "data" / "README.md").read_text().split("## MS-COCO 2014")[1]
+    command = next(line.strip() for line in recipe.splitlines()
+                   if line.strip().startswith("clipgen-coco-shards"))
+    export = next(line.strip() for line in recipe.splitlines()
+                  if line.strip().startswith("export COCO_SHARDS="))
+    assert "{00000..00082}" in export and -(-82_783 // 1000) == 83  # the range the doc states
+    coco = tmp_path / "coco"
+    (coco / "train2014").mkdir(parents=True)
+    _fake_coco(tmp_path / "val", n_images=2)  # val2014 layout for data=coco's validation set
+    ann = json.loads((tmp_path / "val" / "annotations" / "captions_val2014.json").read_text())
+    for im in ann["images"]:
+        name = im["file_name"]
+        (tmp_path / "val" / "val2014" / name).rename(coco / "train2014" / name)
+    (coco / "annotations").mkdir()
+    (coco / "annotations" / "captions_train2014.json").write_text(json.dumps(ann))
+    script = Path(sys.executable).parent / "clipgen-coco-shards"
+    run = subprocess.run(["bash", "-c", command.replace("clipgen-coco-shards", str(script), 1)],
+                         env={"COCO_ROOT": str(coco), "PATH": "/usr/bin:/bin"},
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    pattern = re.search(r"use them as (\S+)", run.stdout).group(1)
+    assert pattern == f"{coco}/shards/{{00000..00000}}.tar"
+    with initialize_config_dir(str(root / "configs"), version_base="1.3"):
+        cfg = compose("train", overrides=["data=coco", "resolution=16", "data.val=null"])
+    monkeypatch.setenv("COCO_SHARDS", pattern)
+    cfg.data.train.resampled = False
+    cfg.data.train.epoch_length = None
+    samples = list(instantiate(cfg.data).train_set)
+    assert sorted(s["caption"] for s in samples) == ["image 0 c0", "image 1 c0"]  # per image
+    assert [len(s["meta"]["captions"]) for s in samples] == [3, 3]

@@ -34,26 +34,41 @@ def draw_captions(annotations: list[dict], n: int, seed: int) -> list[dict]:
     return [annotations[i] for i in sorted(order)]
 
 
+COCO_MODES = ("caption", "image")
+
+
+def coco_items(annotations: list[dict], mode: str = "caption", num_samples: int | None = None,
+               seed: int = 0) -> list[dict]:
+    """The caption records a COCO reader or suite uses. `mode="caption"`: every caption;
+    `mode="image"`: one per image, its first caption (lowest annotation id). With
+    `num_samples`, that many are drawn without replacement with `seed`: in caption mode the
+    "30k captions" protocol (an image can come up several times: about 22.3k distinct images of
+    val2014), in image mode the "30k distinct images" protocol."""
+    if mode not in COCO_MODES:
+        raise ValueError(f"COCO mode must be one of {COCO_MODES}, got {mode!r}")
+    items = sorted(annotations, key=lambda a: int(a["id"]))
+    if mode == "image":
+        seen: set[int] = set()
+        items = [a for a in items if not (a["image_id"] in seen or seen.add(a["image_id"]))]
+    if num_samples is not None:
+        items = draw_captions(items, num_samples, seed)
+    return items
+
+
 class CocoCaptionsDataset(Dataset):
     """One item per caption (`mode="caption"`) or per image with its first caption
-    (`mode="image"`). Corrupt images yield None and are counted in `self.skipped`."""
+    (`mode="image"`), all or `num_samples` drawn (see `coco_items`). Corrupt images yield None
+    and are counted in `self.skipped`."""
 
     def __init__(self, annotations: str | Path, image_dir: str | Path, resolution: int = 256,
                  crop: str = "center", hflip: bool = False, mode: str = "caption",
-                 num_captions: int | None = None, seed: int = 0) -> None:
-        if mode not in ("caption", "image"):
-            raise ValueError(f"mode must be 'caption' or 'image', got {mode!r}")
+                 num_samples: int | None = None, seed: int = 0) -> None:
         self.image_dir = Path(image_dir)
         if not self.image_dir.is_dir():
             raise FileNotFoundError(f"COCO image folder {self.image_dir} not found "
                                     "(e.g. val2014/); see data/README.md")
         self.files, anns = load_coco_captions(annotations)
-        if mode == "image":
-            seen: set[int] = set()
-            anns = [a for a in anns if not (a["image_id"] in seen or seen.add(a["image_id"]))]
-        if num_captions is not None:
-            anns = draw_captions(anns, num_captions, seed)
-        self.items = anns
+        self.items = coco_items(anns, mode, num_samples, seed)
         self.transform = image_transform(resolution, crop, hflip)
         self.skipped = SkipCounter()
 

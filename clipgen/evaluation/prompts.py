@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from clipgen.data.coco import draw_captions, load_coco_captions
+from clipgen.data.coco import coco_items, load_coco_captions
 from clipgen.data.image_folder import ImageFolderDataset
 from clipgen.data.shapes import ATTRIBUTE_VALUES, matches_any, prompt_for, validate_combinations
 
@@ -44,18 +44,26 @@ def shapes_prompts(samples_per_combination: int = 8, extra_attribute_rate: float
     return out
 
 
-def coco_prompts(annotations: str, num_captions: int = 30_000, seed: int = 0) -> list[EvalPrompt]:
-    """`num_captions` captions drawn with a fixed seed (the 30k MS-COCO protocol); the real
-    images of the suite are those of the same captions (`CocoCaptionsDataset`, same seed)."""
+def coco_prompts(annotations: str, num_samples: int = 30_000, seed: int = 0,
+                 mode: str = "image") -> list[EvalPrompt]:
+    """`num_samples` COCO captions drawn with a fixed seed: one per distinct image
+    (`mode="image"`) or captions at random (`mode="caption"`); see `coco_items`. The suite's
+    real images are those of the same records (`CocoCaptionsDataset` with the same settings)."""
     _, anns = load_coco_captions(annotations)
-    return [EvalPrompt(a["caption"].strip()) for a in draw_captions(anns, num_captions, seed)]
+    return [EvalPrompt(a["caption"].strip()) for a in coco_items(anns, mode, num_samples, seed)]
 
 
 def imagenet_prompts(root: str, class_names: str | None = None, per_class: int = 50,
                      template: str = "a photo of a {}") -> list[EvalPrompt]:
     """`per_class` prompts per class of an ImageNet-layout folder (root/<wnid>/...), the class
-    names read from the optional {wnid: name} JSON."""
-    classes = ImageFolderDataset(root, class_names=class_names).class_names
+    names read from `class_names` (imagenet_class_index.json or {wnid: name})."""
+    folder = ImageFolderDataset(root, class_names=class_names)
+    unnamed = [c for c, name in zip(folder.classes, folder.class_names) if name is None]
+    if unnamed:
+        raise ValueError(f"class folders are WordNet ids ({unnamed[0]}, ...) and no names "
+                         "were given: set suite.class_names=<imagenet_class_index.json> (or "
+                         "IMAGENET_CLASS_INDEX); prompts are never made from ids")
+    classes = folder.class_names
     return [EvalPrompt(template.format(name), group=name)
             for name in classes for _ in range(per_class)]
 

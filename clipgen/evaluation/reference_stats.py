@@ -32,14 +32,21 @@ def file_digest(path: str | Path, chunk: int = 1 << 24) -> str:
     return digest.hexdigest()[:16]
 
 
-def dataset_fingerprint(dataset: Any, n: int) -> str | None:
-    """A hash of the first `n` source files of a file-backed dataset (name, size, mtime), so a
-    replaced or added image changes it; None for generated data (its config defines it)."""
+def reference_indices(size: int, n: int) -> list[int]:
+    """`n` of a dataset's `size` items spread evenly over it (so a subset of a class-sorted
+    folder covers every class), all of them when `n >= size`."""
+    n = min(n, size)
+    return [i * size // n for i in range(n)]
+
+
+def dataset_fingerprint(dataset: Any, indices: list[int]) -> str | None:
+    """A hash of the source files of `indices` in a file-backed dataset (name, size, mtime), so
+    a replaced or added image changes it; None for generated data (its config defines it)."""
     source = getattr(dataset, "source_file", None)
     if source is None:
         return None
     digest = hashlib.sha256()
-    for i in range(n):
+    for i in indices:
         path = Path(source(i))
         stat = path.stat() if path.exists() else None
         digest.update(f"{path}|{stat.st_size if stat else -1}|"
@@ -54,9 +61,9 @@ def reference_key(cfg: DictConfig, feature: str, features: torch.nn.Module,
     if real.get("npz"):
         images = {"npz": file_digest(real.npz)}
     else:
-        n = min(int(real.num_images), len(dataset))
+        indices = reference_indices(len(dataset), int(real.num_images))
         images = {"config": OmegaConf.to_container(real, resolve=True),
-                  "files": dataset_fingerprint(dataset, n)}
+                  "files": dataset_fingerprint(dataset, indices)}
     return {"suite": cfg.suite.name, "feature": feature, "weights": fingerprint(features),
             "radii": [float(r) for r in cfg.metrics.fid_radii], "real": images}
 
@@ -84,16 +91,16 @@ def fill_reference(fd: FrechetSet, cfg: DictConfig, feature: str) -> Path | None
     if dataset is None:
         fd.load_real_state(state_from_npz(real.npz))
         return None
-    n = min(int(real.num_images), len(dataset))
+    indices = reference_indices(len(dataset), int(real.num_images))
     skipped = 0
     batch: list[torch.Tensor] = []
-    for i in tqdm(range(n), desc="real images", unit="img"):
+    for i in tqdm(indices, desc="real images", unit="img"):
         item = dataset[i]
         if item is None:  # unreadable image, counted by the dataset
             skipped += 1
         else:
             batch.append(item["image"])
-        if batch and (len(batch) == cfg.metrics.batch_size or i == n - 1):
+        if batch and (len(batch) == cfg.metrics.batch_size or i == indices[-1]):
             fd.update(to_uint8(torch.stack(batch)), real=True)
             batch = []
     if skipped:
