@@ -211,3 +211,12 @@ def test_wandb_logs_offline_and_falls_back_to_csv(tmp_path, monkeypatch):
     monkeypatch.setattr(wandb_module, "_WANDB_AVAILABLE", False)
     logger = build_logger(cfg)
     assert isinstance(logger, CSVLogger) and logger.save_dir == str(tmp_path)
+    monkeypatch.undo()
+    import wandb
+
+    def service_fails(*args, **kwargs):
+        raise wandb.errors.CommError("wandb service process did not start")
+
+    monkeypatch.setattr(wandb, "init", service_fails)  # installed, but fails at run start
+    logger = build_logger(cfg)
+    assert isinstance(logger, CSVLogger) and logger.save_dir == str(tmp_path)

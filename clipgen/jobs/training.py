@@ -82,13 +82,17 @@ def build_logger(cfg: DictConfig) -> Logger | bool:
     a CSV logger in the run folder instead, with a warning saying why."""
     if not cfg.get("logger"):
         return False
-    try:
+    if "Wandb" not in str(cfg.logger.get("_target_", "")):
         return hydra.utils.instantiate(cfg.logger)
-    except (ImportError, ModuleNotFoundError, hydra.errors.InstantiationException) as error:
-        if "Wandb" not in str(cfg.logger.get("_target_", "")):
-            raise
-        log.warning("wandb logger unavailable (%s): logging to CSV in %s/logs instead",
-                    error, cfg.run_dir)
+    try:
+        logger = hydra.utils.instantiate(cfg.logger)
+        _ = logger.experiment  # starts the wandb run (on rank zero) now, not mid-fit
+        return logger
+    except Exception as error:  # wandb raises its own errors (service, auth, timeouts)
+        log.warning("wandb logger unavailable (%s: %s): logging to CSV in %s/logs instead",
+                    type(error).__name__, error, cfg.run_dir)
+        print(f"wandb could not start ({type(error).__name__}: {error}); logging to CSV in "
+              f"{cfg.run_dir}/logs")
         return CSVLogger(save_dir=cfg.run_dir, name="logs")
 
 
