@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import re
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
+TEMP_NAME = re.compile(r"\..+\.\d+\.tmp")
 
 
 def write_atomic(path: str | os.PathLike, write: Callable[[Path], Any]) -> None:
@@ -21,3 +27,22 @@ def write_atomic(path: str | os.PathLike, write: Callable[[Path], Any]) -> None:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def remove_stale_temps(folder: str | os.PathLike, min_age_s: float = 0.0) -> list[Path]:
+    """Delete the temporary files `write_atomic` leaves in `folder` when a process is killed
+    mid-write (`.<name>.<pid>.tmp`), those last modified at least `min_age_s` ago (so that
+    another process's write in progress is left alone). Returns the files removed."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    now = time.time()
+    removed = []
+    for path in folder.iterdir():
+        if TEMP_NAME.fullmatch(path.name) and now - path.stat().st_mtime >= min_age_s:
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    if removed:
+        log.info("removed %d partial file(s) left by an interrupted write in %s",
+                 len(removed), folder)
+    return removed

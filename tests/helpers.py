@@ -45,7 +45,8 @@ def write_tiny_encoders(folder: Path, seed: int = 0) -> tuple[Path, Path]:
     torch.manual_seed(seed)
     vqgan = VQGAN(VQGANConfig.from_dict(TINY_VQGAN))
     save_safetensors(vqgan.state_dict(), folder / "vqgan.safetensors")
-    OmegaConf.save(OmegaConf.create({"arch": TINY_VQGAN}), folder / "vqgan.yaml")
+    OmegaConf.save(OmegaConf.create({"stage": "vqgan", "arch": TINY_VQGAN}),
+                   folder / "vqgan.yaml")
     clip = FrozenCLIP(CLIP_ARCH, pretrained=None, random_weights=True)
     torch.save(clip.model.state_dict(), folder / "clip.pt")
     return folder / "vqgan.safetensors", folder / "clip.pt"
@@ -60,14 +61,15 @@ def write_tiny_bundle(folder: Path, seed: int = 0) -> Path:
     vq_path, clip_path = write_tiny_encoders(folder, seed)
     clip = FrozenCLIP(CLIP_ARCH, str(clip_path))
     save_safetensors(clip.model.state_dict(), folder / "clip.safetensors")
-    OmegaConf.save(OmegaConf.create({"arch": {"arch": CLIP_ARCH, "pretrained": None}}),
+    OmegaConf.save(OmegaConf.create({"stage": "clip",
+                                     "arch": {"arch": CLIP_ARCH, "pretrained": None}}),
                    folder / "clip.yaml")
     vqgan = load_vqgan(vq_path)
     prior_cfg = PriorConfig(vocab_size=24, n_tokens=64, cond_dim=128, n_layer=2, n_embd=32,
                             n_head=2)
     prior = CLIPPrior(prior_cfg)
     save_safetensors(prior.state_dict(), folder / "prior.safetensors")
-    OmegaConf.save(OmegaConf.create({"arch": prior_cfg.to_dict(),
+    OmegaConf.save(OmegaConf.create({"stage": "prior", "arch": prior_cfg.to_dict(),
                                      "encoders": encoder_identity(vqgan, clip)}),
                    folder / "prior.yaml")
     return folder

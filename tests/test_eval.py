@@ -316,6 +316,7 @@ def test_shapes_suite_writes_a_report_and_resumes(tmp_path):
     again = run_suite(cfg)  # nothing left to generate; the reference comes from the cache
     assert image_path(out, 0).stat().st_mtime_ns == first
     assert again["metrics"]["fd_clip"] == pytest.approx(metrics["fd_clip"])
+    assert again["timing"] == report["timing"] and report["timing"]["generated_now"] == 12
     assert report["generator"]["model"]["prior"] == json.loads(
         (out / "manifest.json").read_text())["settings"]["model"]["prior"]
     # the same bundle path with other weights (a new release) must not mix into the folder
@@ -391,3 +392,34 @@ def test_a_reference_subset_covers_every_class(tmp_path):
     picked = reference_indices(len(folder), 8)
     assert len(set(picked)) == 8 and {folder.files[i][1] for i in picked} == {0, 1, 2, 3}
     assert reference_indices(20, 50) == list(range(20))
+
+
+def test_stale_temporary_files_are_removed_by_age(tmp_path):
+    import os
+    import time
+
+    from clipgen.atomic import remove_stale_temps
+
+    old, fresh, other = (tmp_path / ".000001.png.77.tmp", tmp_path / ".000002.png.78.tmp",
+                         tmp_path / "000003.png")
+    for path in (old, fresh, other):
+        path.write_bytes(b"")
+    os.utime(old, (time.time() - 120, time.time() - 120))
+    assert remove_stale_temps(tmp_path, min_age_s=60) == [old]
+    assert fresh.exists() and other.exists()
+
+
+@pytest.mark.parametrize("override, message", [
+    ("suite.limit=0", "suite.limit must be a whole number >= 1"),
+    ("suite.prompts.samples_per_combination=0", "give no prompt"),
+    ("n_candidates=0", "n_candidates must be"),
+    ("batch_size=0", "batch_size must be"),
+    ("steps=[score]", "unknown steps"),
+])
+def test_bad_suite_settings_leave_the_folder_untouched(tmp_path, override, message):
+    with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("eval", overrides=[f"bundle={tmp_path}/not-loaded", f"out_dir={tmp_path}/o",
+                                         "device=cpu", override])
+    with pytest.raises(ValueError, match=message):
+        run_suite(cfg)
+    assert not (tmp_path / "o").exists()  # no manifest to poison the next good run

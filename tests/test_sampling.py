@@ -177,3 +177,35 @@ def test_vqgan_arch_setting_reads_names_and_files(tmp_path):
         "resolution": 32, "ch": 8}
     with pytest.raises(FileNotFoundError, match="available: f16_16384, shapes_f4"):
         vqgan_arch_setting("f16", OmegaConf.create({}), search)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("n_candidates=0", "n_candidates must be a whole number >= 1"),
+    ("samples_per_prompt=0", "samples_per_prompt must be"),
+    ("samples_per_prompt=40", r"samples_per_prompt \(40\) cannot exceed n_candidates \(32\)"),
+    ("batch_size=0", "batch_size must be"),
+    ("sampling.guidance_scale=-1", "guidance_scale must be >= 0"),
+    ("sampling.top_p=1.5", "top_p must lie in"),
+    ("method=paint", "unknown method 'paint'"),
+    ("device=cuda:7", "device=cuda:7"),
+    ("device=gpu", "device=gpu is not a device"),
+])
+def test_bad_sampling_settings_stop_before_any_work(tmp_path, override, message):
+    if override.startswith("device=cuda") and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has that GPU")
+    cfg = _sample_cfg(tmp_path, f"bundle={tmp_path}/not-loaded", override)
+    with pytest.raises(ValueError, match=message):
+        run_sampling(cfg)
+    assert not (tmp_path / "o").exists()  # nothing written, nothing that looks like a result
+
+
+def test_wrong_files_are_named_errors(tmp_path):
+    bundle = write_tiny_bundle(tmp_path / "bundle")
+    pieces = [f"vqgan={bundle / 'vqgan.safetensors'}", "clip.arch=clipgen-shapes-vit-tiny",
+              f"clip.pretrained={bundle / 'clip.safetensors'}"]
+    with pytest.raises(ValueError, match="vqgan.safetensors is a vqgan export, not a stage-2"):
+        run_sampling(_sample_cfg(tmp_path, *pieces, f"prior={bundle / 'vqgan.safetensors'}"))
+    (tmp_path / "notes.png").write_text("not an image")
+    with pytest.raises(ValueError, match="notes.png is not an image"):
+        run_sampling(_sample_cfg(tmp_path, f"bundle={bundle}", f"image={tmp_path}/notes.png"))
+    assert not (tmp_path / "o" / "samples.jsonl").exists()

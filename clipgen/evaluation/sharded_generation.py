@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from clipgen.atomic import write_atomic
+from clipgen.atomic import remove_stale_temps, write_atomic
 from clipgen.data.transforms import to_pil
 from clipgen.evaluation.prompts import EvalPrompt
 
@@ -78,6 +78,8 @@ def generate_images(generate: ImageGenerator, prompts: Sequence[EvalPrompt], out
     out_dir = Path(out_dir)
     check_manifest(out_dir, prompts, settings)
     (out_dir / "images").mkdir(exist_ok=True)
+    # PNGs half-written by a killed run (other ranks' writes in progress are seconds old)
+    remove_stale_temps(out_dir / "images", min_age_s=60)
     batches = [b for b in range(rank, -(-len(prompts) // batch_size), world_size)]
     def span(b: int) -> range:
         return range(b * batch_size, min((b + 1) * batch_size, len(prompts)))

@@ -12,10 +12,11 @@ from typing import Any
 
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torchvision.utils import make_grid
 from tqdm import tqdm
 
+from clipgen.atomic import write_atomic
 from clipgen.checkpoint import fingerprint
 from clipgen.data.transforms import from_uint8, to_pil
 from clipgen.distributed import process_rank
@@ -29,7 +30,12 @@ from clipgen.evaluation.sharded_generation import (
     read_manifest,
 )
 from clipgen.generation.generators import generate_by_method
-from clipgen.generation.settings import build_generator, method_settings, resolve_device
+from clipgen.generation.settings import (
+    build_generator,
+    check_generation_settings,
+    method_settings,
+    resolve_device,
+)
 from clipgen.generation.text_to_image import TextToImage
 from clipgen.metrics.attributes import attribute_accuracy
 from clipgen.metrics.caps import CaptionScorer, caps_from_nll
@@ -149,35 +155,44 @@ def score_images(cfg: DictConfig, prompts: Sequence[EvalPrompt], out_dir: Path,
 
 
 def write_report(report: dict[str, Any], out_dir: Path, count: int, grid_size: int = 64) -> None:
-    """report.json, report.md (one table) and grid.png (the first `grid_size` images)."""
-    (out_dir / "report.json").write_text(json.dumps(report, indent=2))
+    """report.json, report.md (one table) and grid.png (the first `grid_size` images), each
+    written atomically."""
+    write_atomic(out_dir / "report.json", lambda p: p.write_text(json.dumps(report, indent=2)))
     rows = [(k, v) for k, v in report["metrics"].items() if not isinstance(v, dict)]
     for group, by_key in report["metrics"].get("attributes", {}).items():
         rows += [(f"{key} accuracy ({group}, n={r['n']})", r["accuracy"])
                  for key, r in by_key.items()]
     lines = [f"# {report['suite']} suite: {report['images']} images", "",
              "| metric | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
-    (out_dir / "report.md").write_text("\n".join(lines) + "\n")
-    grid = from_uint8(read_images(out_dir, range(min(grid_size, count))))
-    to_pil(make_grid(grid, nrow=8, padding=2, pad_value=1.0)).save(out_dir / "grid.png")
+    write_atomic(out_dir / "report.md", lambda p: p.write_text("\n".join(lines) + "\n"))
+    grid = to_pil(make_grid(from_uint8(read_images(out_dir, range(min(grid_size, count)))),
+                            nrow=8, padding=2, pad_value=1.0))
+    write_atomic(out_dir / "grid.png", lambda p: grid.save(p, "PNG"))
 
 
 def run_suite(cfg: DictConfig) -> dict[str, Any] | None:
     """The configured steps (`generate`, `metrics`) of one suite; returns the report when the
     metrics step ran."""
-    device = resolve_device(cfg.device)
-    prompts: list[EvalPrompt] = instantiate(cfg.suite.prompts)
-    if cfg.suite.get("limit"):
-        prompts = prompts[: int(cfg.suite.limit)]
-    out_dir = Path(cfg.out_dir)
-    rank, world = process_rank()
     steps = list(cfg.steps)
     unknown = set(steps) - {"generate", "metrics"}
     if unknown:
         raise ValueError(f"unknown steps {sorted(unknown)}: use generate and/or metrics")
+    check_generation_settings(cfg)  # before anything is loaded or written
+    limit = cfg.suite.get("limit")
+    if limit is not None and (not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"suite.limit must be a whole number >= 1 (or null for every "
+                         f"prompt), got {limit!r}")
+    device = resolve_device(cfg.device)
+    prompts: list[EvalPrompt] = instantiate(cfg.suite.prompts)
+    if not prompts:
+        raise ValueError(f"the {cfg.suite.name} suite's settings give no prompt "
+                         f"({OmegaConf.to_container(cfg.suite.prompts)}); check its counts")
+    if limit is not None:
+        prompts = prompts[:limit]
+    out_dir = Path(cfg.out_dir)
+    rank, world = process_rank()
     timing: dict[str, float] = {}
     if "generate" in steps:
-        method_settings(cfg)  # an unknown method fails before any model loads
         pipe = build_generator(cfg, device)
         start = time.perf_counter()
         made = generate_images(method_image_generator(pipe, cfg), prompts, out_dir,
@@ -194,6 +209,12 @@ def run_suite(cfg: DictConfig) -> dict[str, Any] | None:
             return None
     if "metrics" not in steps:
         return None
+    previous = out_dir / "report.json"
+    if not timing and previous.is_file():  # a metrics-only rerun: keep the generation timing
+        try:
+            timing = json.loads(previous.read_text()).get("timing", {})
+        except json.JSONDecodeError as error:
+            log.warning("previous %s is unreadable (%s): its timing is lost", previous, error)
     report = {"suite": cfg.suite.name, "images": len(prompts), "out_dir": str(out_dir),
               "generator": read_manifest(out_dir)["settings"], "timing": timing,
               "metrics": score_images(cfg, prompts, out_dir, device)}

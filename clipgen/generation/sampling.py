@@ -41,6 +41,9 @@ class SamplingConfig:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
         if self.top_k is not None and self.top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {self.top_k}")
+        if self.guidance_scale < 0:
+            raise ValueError(f"guidance_scale must be >= 0 (1 = no guidance, 0 = the null "
+                             f"condition alone), got {self.guidance_scale}")
         if self.top_p is not None and not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must lie in (0, 1], got {self.top_p}")
         if self.decoder not in DECODERS:

@@ -15,15 +15,45 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 
 from clipgen.generation.generators import METHODS
+from clipgen.generation.sampling import SamplingConfig
 from clipgen.generation.text_to_image import TextToImage
 from clipgen.models.bundle import default_bundle
 
 
 def resolve_device(name: str) -> torch.device:
-    """`auto` is the GPU when there is one, else the CPU; anything else as torch spells it."""
+    """`auto` is the GPU when there is one, else the CPU; anything else as torch spells it,
+    refused when this machine does not have it."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise ValueError(f"device={name} is not a device torch knows ({error}); use auto, "
+                         "cpu or cuda[:N]") from error
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={name}, but torch sees no GPU here; use device=auto or "
+                             "device=cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device={name}, but this machine has "
+                             f"{torch.cuda.device_count()} GPU(s)")
+    return device
+
+
+def check_generation_settings(cfg: DictConfig) -> None:
+    """Refuse bad generation settings before any model loads or any file is written: counts
+    below one, more images kept than sampled, an unknown method, sampling values out of
+    range, a device this machine lacks."""
+    for key in ("n_candidates", "batch_size", "samples_per_prompt"):
+        if key in cfg and (not isinstance(cfg[key], int) or cfg[key] < 1):
+            raise ValueError(f"{key} must be a whole number >= 1, got {cfg[key]!r}")
+    if "samples_per_prompt" in cfg and cfg.samples_per_prompt > cfg.n_candidates:
+        raise ValueError(f"samples_per_prompt ({cfg.samples_per_prompt}) cannot exceed "
+                         f"n_candidates ({cfg.n_candidates}): the kept images are the best "
+                         "of the candidates; raise n_candidates")
+    method_settings(cfg)
+    SamplingConfig(**OmegaConf.to_container(cfg.sampling, resolve=True))
+    resolve_device(cfg.device)
 
 
 def config_dirs() -> list[Path]:

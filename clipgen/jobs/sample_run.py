@@ -10,12 +10,18 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
-from PIL import Image
 from torchvision.utils import make_grid
 
+from clipgen.atomic import write_atomic
+from clipgen.data.image_folder import load_image
 from clipgen.data.transforms import image_transform, to_pil
 from clipgen.generation.generators import generate_by_method, save_animation
-from clipgen.generation.settings import build_generator, method_settings, resolve_device
+from clipgen.generation.settings import (
+    build_generator,
+    check_generation_settings,
+    method_settings,
+    resolve_device,
+)
 from clipgen.generation.text_to_image import TextToImage
 
 log = logging.getLogger(__name__)
@@ -43,8 +49,11 @@ def read_image(path: str, generator: TextToImage) -> torch.Tensor:
     file = Path(path)
     if not file.is_file():
         raise FileNotFoundError(f"input image {file} not found")
-    with Image.open(file) as img:
-        return image_transform(generator.vqgan.config.resolution)(img.convert("RGB"))[None]
+    try:
+        image = load_image(file)
+    except (OSError, ValueError) as error:  # PIL: UnidentifiedImageError, truncated data
+        raise ValueError(f"{file} is not an image PIL can read ({error})") from error
+    return image_transform(generator.vqgan.config.resolution)(image)[None]
 
 
 def slug(text: str, limit: int = 40) -> str:
@@ -53,6 +62,9 @@ def slug(text: str, limit: int = 40) -> str:
 
 def run_sampling(cfg: DictConfig) -> Path:
     """Generate for every prompt (or the image) and write the results into `cfg.out_dir`."""
+    check_generation_settings(cfg)
+    if cfg.get("image") and not Path(cfg.image).is_file():
+        raise FileNotFoundError(f"input image {cfg.image} not found")
     device = resolve_device(cfg.device)
     generator = build_generator(cfg, device)
     method = cfg.get("method", "clipgen")
@@ -79,22 +91,23 @@ def run_sampling(cfg: DictConfig) -> Path:
     section = "sampling" if method == "clipgen" else method
     settings = {"method": method, section: method_settings(cfg),
                 "n_candidates": cfg.n_candidates, "batch_size": cfg.batch_size}
-    with open(out / "samples.jsonl", "w") as records:
-        for i, (label, result) in enumerate(zip(labels, results)):
-            name = f"{i:03d}_{slug(label)}"
-            for j, (image, cos) in enumerate(zip(result.images, result.clip_cosine)):
-                file = out / name / f"{j:02d}.png"
-                file.parent.mkdir(exist_ok=True)
-                to_pil(image).save(file)
-                records.write(json.dumps({
-                    "prompt": label, "seed": cfg.seed, "rank": j,
-                    "file": str(file.relative_to(out)), "clip_cosine": round(float(cos), 4),
-                    "clip_score": round(100 * max(float(cos), 0.0), 2),
-                    "settings": settings}) + "\n")
-            grid = make_grid(result.images, nrow=len(result.images), padding=2, pad_value=1.0)
-            to_pil(grid).save(out / f"{name}_grid.png")
-            if frames[i]:
-                save_animation(frames[i], out / f"{name}_progress.gif")
+    records = []
+    for i, (label, result) in enumerate(zip(labels, results)):
+        name = f"{i:03d}_{slug(label)}"
+        for j, (image, cos) in enumerate(zip(result.images, result.clip_cosine)):
+            file = out / name / f"{j:02d}.png"
+            file.parent.mkdir(exist_ok=True)
+            to_pil(image).save(file)
+            records.append(json.dumps({
+                "prompt": label, "seed": cfg.seed, "rank": j,
+                "file": str(file.relative_to(out)), "clip_cosine": round(float(cos), 4),
+                "clip_score": round(100 * max(float(cos), 0.0), 2), "settings": settings}))
+        grid = make_grid(result.images, nrow=len(result.images), padding=2, pad_value=1.0)
+        to_pil(grid).save(out / f"{name}_grid.png")
+        if frames[i]:
+            save_animation(frames[i], out / f"{name}_progress.gif")
+    # written last and whole: a folder without samples.jsonl holds no finished result
+    write_atomic(out / "samples.jsonl", lambda p: p.write_text("\n".join(records) + "\n"))
     log.info("wrote %d prompts to %s", len(labels), out)
     print(f"samples written to {out}")
     return out

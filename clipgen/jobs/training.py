@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import warnings
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, Logger
 
+from clipgen.atomic import remove_stale_temps
 from clipgen.data.datamodule import LogSkippedSamples
 from clipgen.lit.base import ClipgenModule
 from clipgen.lit.checkpoint_io import AtomicCheckpointIO
@@ -51,6 +53,45 @@ def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> str | None:
         return str(newest)
     log.info("no checkpoint in %s yet: starting fresh", run_dir)
     return None
+
+
+class FinalStepCheckpoint(pl.Callback):
+    """Write `last.ckpt` right after the batch that reaches `trainer.max_steps`, while the
+    loops are still mid-epoch. Saved after `fit` returns instead, the loops would record the
+    epoch as finished, and a run resumed from it with a larger `max_steps` would skip to the
+    next epoch's data order instead of continuing exactly."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           outputs: object, batch: object, batch_idx: int) -> None:
+        if 0 < trainer.max_steps <= trainer.global_step:
+            trainer.save_checkpoint(self.path, weights_only=False)
+
+
+STEP_IN_NAME = re.compile(r"step=(\d+)")
+
+
+class CleanInterruptedSaves(pl.Callback):
+    """At the start of fit (after any resume), on rank zero: delete partial checkpoint files
+    left by a kill mid-write, and checkpoints from beyond the step the run resumes at (a kill
+    between the periodic save and `last.ckpt` leaves one the resumed run would keep besides
+    its own, whatever `save_top_k` says)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        remove_stale_temps(self.folder)
+        for path in self.folder.glob("*.ckpt"):
+            match = STEP_IN_NAME.search(path.name)
+            if match and int(match.group(1)) > trainer.global_step:
+                log.info("removing %s: written after step %d, where this run resumes", path,
+                         trainer.global_step)
+                path.unlink()
 
 
 class RunSummary(pl.Callback):
@@ -112,11 +153,14 @@ def run_training(cfg: DictConfig) -> pl.Trainer:
     if cfg.trainer.get("strategy") == "ddp" and getattr(module, "ddp_unused_parameters", False):
         overrides["strategy"] = "ddp_find_unused_parameters_true"
         log.info("stage %s: DDP with unused-parameter detection", cfg.stage.name)
+    final = run_dir / "checkpoints" / "last.ckpt"
     checkpoints = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True,
                                   every_n_train_steps=cfg.checkpoint_every_n_steps,
                                   save_top_k=-1 if cfg.get("keep_all_checkpoints") else 1)
     trainer: pl.Trainer = hydra.utils.instantiate(
-        cfg.trainer, logger=logger, callbacks=[checkpoints, LogSkippedSamples(), RunSummary()],
+        cfg.trainer, logger=logger,
+        callbacks=[checkpoints, LogSkippedSamples(), RunSummary(), FinalStepCheckpoint(final),
+                   CleanInterruptedSaves(final.parent)],
         plugins=[AtomicCheckpointIO()], default_root_dir=str(run_dir), **overrides)
     if logger:
         logger.log_hyperparams({**OmegaConf.to_container(cfg, resolve=True),
@@ -126,9 +170,11 @@ def run_training(cfg: DictConfig) -> pl.Trainer:
     trainer.fit(model, datamodule=datamodule,
                 ckpt_path=resolve_ckpt_path(cfg.get("ckpt_path"), run_dir), weights_only=True)
     # ModelCheckpoint saves every N steps and at validation; the steps after the last of those
-    # would be lost, so the end of training always writes last.ckpt (every rank takes part).
-    final = run_dir / "checkpoints" / "last.ckpt"
-    trainer.save_checkpoint(final, weights_only=False)  # full state: optimiser, loops, data
+    # would be lost, so the end of training always writes last.ckpt (every rank takes part):
+    # at max_steps from inside the loop (FinalStepCheckpoint), otherwise (max_epochs, a time
+    # limit) here.
+    if not 0 < trainer.max_steps <= trainer.global_step:
+        trainer.save_checkpoint(final, weights_only=False)  # full state: optimiser, loops, data
     log.info("final checkpoint (step %d): %s", trainer.global_step, final)
     log.info("run folder: %s", run_dir)
     return trainer

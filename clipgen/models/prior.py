@@ -18,6 +18,7 @@ from torch import nn
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from clipgen.checkpoint import (
+    LEGACY_STAGE_NAMES,
     clipgen_metadata,
     dataclass_from_dict,
     load_safetensors,
@@ -144,6 +145,12 @@ def load_prior(path: str | Path, vqgan: VQGAN, clip: FrozenCLIP) -> CLIPPrior:
         if not path.is_file() or not sidecar.is_file():
             raise FileNotFoundError(f"stage-2 weights {path} and {sidecar} are both needed")
         meta = OmegaConf.to_container(OmegaConf.load(sidecar), resolve=True)
+        stage = LEGACY_STAGE_NAMES.get(meta.get("stage"), meta.get("stage"))
+        if stage not in (None, "prior") or "encoders" not in meta:
+            what = f"a {stage} export" if stage else f"no stage-2 export ({sidecar.name} " \
+                "names no encoders)"
+            raise ValueError(f"{path} is {what}, not a stage-2 one: prior= takes the "
+                             "prior.safetensors of a bundle or a stage-2 checkpoint")
         arch, encoders, state = meta["arch"], meta["encoders"], load_safetensors(path)
     else:
         checkpoint = load_torch_file(path)
