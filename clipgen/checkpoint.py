@@ -74,6 +74,11 @@ INERT_GLOBALS = tuple(
 PLAIN_GLOBALS = (int, float, str, bool, bytes, dict, list, set, tuple, collections.defaultdict)
 
 
+class UnreadableCheckpointError(RuntimeError):
+    """A weights file that cannot be read safely: pickled code, a damaged file, another
+    format. The message names the file."""
+
+
 def load_torch_file(path: str | Path) -> Any:
     """`torch.load` with `weights_only=True` (no pickled code ever runs), reading the extra
     objects of public Lightning 1.x checkpoints as inert placeholders; clear errors for missing
@@ -86,10 +91,10 @@ def load_torch_file(path: str | Path) -> Any:
         with torch.serialization.safe_globals(inert):
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        raise RuntimeError(f"could not load {path} safely (weights_only=True): {error}. "
-                           "Only tensors, plain containers and the objects of public Lightning "
-                           "checkpoints are accepted; re-save the checkpoint's state_dict, or "
-                           "convert it to safetensors") from error
+        raise UnreadableCheckpointError(
+            f"could not load {path} safely (weights_only=True): {error}. Only tensors, plain "
+            "containers and the objects of public Lightning checkpoints are accepted; re-save "
+            "the checkpoint's state_dict, or convert it to safetensors") from error
 
 
 class CheckpointMismatchError(RuntimeError):
@@ -184,9 +189,14 @@ def load_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"weights file {path} not found")
-    state = load_file(str(path))
-    with safe_open(str(path), framework="pt") as f:
-        aliases = json.loads((f.metadata() or {}).get("aliases", "{}"))
+    try:
+        state = load_file(str(path))
+        with safe_open(str(path), framework="pt") as f:
+            aliases = json.loads((f.metadata() or {}).get("aliases", "{}"))
+    except Exception as error:  # SafetensorError, a bad header's JSON, a truncated file
+        raise UnreadableCheckpointError(
+            f"could not read {path} as safetensors ({type(error).__name__}: {error}); the "
+            "file is damaged or not a safetensors file: export it again") from error
     for name, target in aliases.items():
         state[name] = state[target]
     return state

@@ -16,6 +16,18 @@ TINY_VQGAN = dict(resolution=16, ch=32, ch_mult=[1, 2], num_res_blocks=1, attn_r
 CLIP_ARCH = "clipgen-shapes-vit-tiny"
 
 
+class PicklePayload:
+    """Pickles to a call of os.system that creates `marker`: loading must never run it."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
 def save_lightning1_checkpoint(state_dict: dict, path: Path, hyper_parameters=None,
                                **save_kwargs) -> None:
     """`state_dict` saved the way taming's public files are: a whole Lightning 1.x training

@@ -209,3 +209,48 @@ def test_wrong_files_are_named_errors(tmp_path):
     with pytest.raises(ValueError, match="notes.png is not an image"):
         run_sampling(_sample_cfg(tmp_path, f"bundle={bundle}", f"image={tmp_path}/notes.png"))
     assert not (tmp_path / "o" / "samples.jsonl").exists()
+
+
+def _user_error(capsys, call, *args) -> str:
+    """Run an entry point's work as the entry point does; return its one-line error."""
+    with pytest.raises(SystemExit) as stop:
+        call(*args)
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err
+    return err
+
+
+def test_refused_weights_are_one_line_errors_naming_the_file_in_every_entry_point(
+        tmp_path, capsys):
+    from clipgen.evaluation.suite import run_suite
+    from clipgen.jobs.entry import run_job
+    from clipgen.jobs.export import main as export_main
+    from clipgen.jobs.training import run_training
+    from tests.helpers import PicklePayload
+
+    bundle = write_tiny_bundle(tmp_path / "bundle")
+    marker = tmp_path / "payload-ran"
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "clipgen": PicklePayload(marker)}, evil)
+    garbled = tmp_path / "garbled" / "vqgan.safetensors"
+    garbled.parent.mkdir()
+    garbled.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not a header}")
+    (garbled.parent / "vqgan.yaml").write_bytes((bundle / "vqgan.yaml").read_bytes())
+    clip = ["clip.arch=clipgen-shapes-vit-tiny", f"clip.pretrained={bundle / 'clip.safetensors'}",
+            f"prior={bundle / 'prior.safetensors'}"]
+    for vqgan, name in ((evil, "evil.ckpt"), (garbled, "vqgan.safetensors")):
+        cfg = _sample_cfg(tmp_path, f"vqgan={vqgan}", *clip)
+        assert name in _user_error(capsys, run_job, run_sampling, cfg)
+        with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
+            ev = compose("eval", overrides=[f"vqgan={vqgan}", *clip, f"out_dir={tmp_path}/e",
+                                            "suite.limit=2", "device=cpu"])
+        assert name in _user_error(capsys, run_job, run_suite, ev)
+    assert "evil.ckpt" in _user_error(capsys, export_main,
+                                      [str(evil), str(tmp_path / "x")])
+    with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
+        train = compose("train", overrides=[
+            "experiment=shapes_vqgan", "resolution=16", "data.train.length=8", "~logger",
+            f"ckpt_path={evil}", f"run_dir={tmp_path}/run", "trainer.max_steps=1"])
+    assert "evil.ckpt" in _user_error(capsys, run_job, run_training, train)
+    assert not marker.exists()

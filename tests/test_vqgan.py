@@ -19,7 +19,7 @@ from clipgen.metrics.reconstruction import codebook_stats
 from clipgen.models.quantizers import L2Quantizer
 from clipgen.models.vqgan import VQGAN, VQGANConfig, load_vqgan, load_vqgan_weights
 from clipgen.models.vqgan_loss import VQGANLoss, VQGANLossConfig
-from tests.helpers import save_lightning1_checkpoint
+from tests.helpers import PicklePayload, save_lightning1_checkpoint
 
 TINY = dict(resolution=16, ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(),
             z_channels=32, n_embed=24, embed_dim=8)
@@ -42,18 +42,6 @@ def _taming_checkpoint(path, cfg: VQGANConfig, **save_kwargs) -> nn.Module:
                                                "params": {"disc_start": 250001}}})
     save_lightning1_checkpoint(ref.state_dict(), path, hparams, **save_kwargs)
     return ref
-
-
-class _Payload:
-    """Pickles to a call of os.system: loading must never run it."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        import os
-
-        return os.system, (f"touch {self.marker}",)
 
 
 @pytest.mark.parametrize("zipfile", [True, False])
@@ -84,7 +72,7 @@ def test_pickled_code_in_a_checkpoint_never_runs(tmp_path):
     _taming_checkpoint(tmp_path / "last.ckpt", VQGANConfig(**TINY, quantizer="taming"))
     checkpoint = torch.load(tmp_path / "last.ckpt", weights_only=False)
     marker = tmp_path / "payload-ran"
-    checkpoint["hyper_parameters"] = _Payload(marker)
+    checkpoint["hyper_parameters"] = PicklePayload(marker)
     torch.save(checkpoint, tmp_path / "evil.ckpt")
     with pytest.raises(RuntimeError, match="(?s)could not load .*evil.ckpt safely.*system"):
         load_torch_file(tmp_path / "evil.ckpt")

@@ -11,11 +11,11 @@ from typing import Any, TypeVar
 import torch
 from omegaconf import DictConfig
 
-from clipgen.checkpoint import CheckpointMismatchError
+from clipgen.checkpoint import CheckpointMismatchError, UnreadableCheckpointError
 
 T = TypeVar("T")
-# Errors that name a bad setting or a missing file: the message is the whole story.
-USER_ERRORS = (FileNotFoundError, ValueError, CheckpointMismatchError)
+# Errors that name a bad setting or file: the message is the whole story.
+USER_ERRORS = (FileNotFoundError, ValueError, CheckpointMismatchError, UnreadableCheckpointError)
 
 
 def start_up() -> None:
@@ -27,8 +27,13 @@ def run_job(job: Callable[[DictConfig], T], cfg: DictConfig, *args: Any) -> T:
     """Run `job(cfg, *args)` after `start_up()`; a user error prints `error: <message>` on
     stderr and exits with status 2."""
     start_up()
+    return exit_on_user_error(lambda: job(cfg, *args))
+
+
+def exit_on_user_error(call: Callable[[], T]) -> T:
+    """`call()`; a user error prints `error: <message>` on stderr and exits with status 2."""
     try:
-        return job(cfg, *args)
+        return call()
     except USER_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)

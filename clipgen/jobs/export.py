@@ -22,6 +22,7 @@ from clipgen.checkpoint import (
     save_safetensors,
     strip_prefix,
 )
+from clipgen.jobs.entry import exit_on_user_error
 from clipgen.models.vqgan import extract_vqgan_state
 
 
@@ -83,8 +84,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--half", action="store_true",
                         help="store the prior's weights as fp16 (prior exports only)")
     args = parser.parse_args(argv)
-    target = export_checkpoint(args.checkpoint, args.out_dir, use_ema=not args.no_ema,
-                               half=args.half)
+    target = exit_on_user_error(lambda: export_checkpoint(
+        args.checkpoint, args.out_dir, use_ema=not args.no_ema, half=args.half))
     print(f"wrote {target} and {target.with_suffix('.yaml')}")
 
 
