@@ -63,10 +63,11 @@ def test_two_process_ddp_on_cpu(stage, tmp_path):
     run_dir = tmp_path / "run"
     proc = _train([*args, *common, "trainer.max_steps=5", "trainer.val_check_interval=2",
                    "checkpoint_every_n_steps=2", "trainer.devices=2", "trainer.strategy=ddp",
-                   f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+                   "check_rank_sync=true", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
     out, _ = proc.communicate(timeout=400)
     assert proc.returncode == 0, out[-3000:]
     assert "effective batch size" in out and "x 2 devices" in out
+    assert "weights identical on 2 rank(s)" in out
     ckpt = load_torch_file(run_dir / "checkpoints" / "last.ckpt")
     assert ckpt["global_step"] == 5  # the steps after the last periodic save are kept
     assert ckpt["clipgen"]["stage"] == stage

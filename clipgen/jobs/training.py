@@ -19,6 +19,7 @@ from clipgen.atomic import remove_stale_temps
 from clipgen.data.datamodule import LogSkippedSamples
 from clipgen.lit.base import ClipgenModule
 from clipgen.lit.checkpoint_io import AtomicCheckpointIO
+from clipgen.lit.rank_sync import CheckRanksInSync
 from clipgen.run_info import effective_batch, git_commit
 
 log = logging.getLogger(__name__)
@@ -160,7 +161,8 @@ def run_training(cfg: DictConfig) -> pl.Trainer:
     trainer: pl.Trainer = hydra.utils.instantiate(
         cfg.trainer, logger=logger,
         callbacks=[checkpoints, LogSkippedSamples(), RunSummary(), FinalStepCheckpoint(final),
-                   CleanInterruptedSaves(final.parent)],
+                   CleanInterruptedSaves(final.parent)]
+        + ([CheckRanksInSync()] if cfg.get("check_rank_sync") else []),
         plugins=[AtomicCheckpointIO()], default_root_dir=str(run_dir), **overrides)
     if logger:
         logger.log_hyperparams({**OmegaConf.to_container(cfg, resolve=True),
