@@ -43,6 +43,23 @@ class ProjectPixels(nn.Module):
         return x @ self.w
 
 
+class FixedConvNet(nn.Module):
+    """A small convolutional network with fixed (seeded) weights: nonlinear features of
+    uint8 images, like Inception's, at test size."""
+
+    def __init__(self, dim: int = 10, scale: float = 10.0) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.num_features, self.scale = dim, scale
+        self.body = nn.Sequential(nn.Conv2d(3, 16, 3, stride=2), nn.ReLU(),
+                                  nn.Conv2d(16, 32, 3, stride=2), nn.ReLU(),
+                                  nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, dim))
+        self.requires_grad_(False).eval()
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.scale * self.body(images.float() / 127.5 - 1)
+
+
 def _random_images(n: int, seed: int, scale: float = 1.0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     x = 127.5 + scale * 60 * torch.randn(n, 3, 16, 16, generator=g)
@@ -67,6 +84,34 @@ def test_fid_of_a_set_with_itself_is_zero_and_matches_scipy():
     fd.update(fake, real=False)
     want = _scipy_fid(net(real).double().numpy(), net(fake).double().numpy())
     assert fd.compute()[0.0] == pytest.approx(want, rel=1e-4)
+
+
+def test_fid_on_a_fixed_network_matches_an_independent_computation():
+    net = FixedConvNet()
+    real = _random_images(300, 0)
+    fake = (_random_images(300, 1, scale=0.5).float() * 0.6 + 20).to(torch.uint8)  # darker
+    fd = FrechetSet(net)
+    fd.update(real[:170], real=True)  # in uneven batches, as a suite feeds it
+    fd.update(real[170:], real=True)
+    fd.update(fake, real=False)
+    want = _scipy_fid(net(real).double().numpy(), net(fake).double().numpy())
+    assert want > 0.01 and fd.compute()[0.0] == pytest.approx(want, rel=1e-3)
+
+
+def test_inception_score_matches_an_independent_computation():
+    from clipgen.metrics.inception import inception_score_metric
+
+    net = FixedConvNet(scale=100.0)  # logits confident enough to tell three families apart
+    images = torch.cat([_random_images(60, 2), _random_images(60, 3, scale=3.0),
+                        (_random_images(60, 4, scale=0.5).float() * 0.6 + 20).to(torch.uint8)])
+    metric = inception_score_metric(net, splits=1)
+    metric.update(images[:50])
+    metric.update(images[50:])
+    mean, _ = metric.compute()
+    p = net(images).double().softmax(-1).numpy()
+    marginal = p.mean(0, keepdims=True)
+    want = np.exp((p * (np.log(p) - np.log(marginal))).sum(1).mean())
+    assert want > 1.2 and float(mean) == pytest.approx(want, rel=1e-4)
 
 
 def test_blur_smooths_images_and_shrinks_high_frequency_differences():

@@ -41,7 +41,11 @@ from clipgen.metrics.attributes import attribute_accuracy
 from clipgen.metrics.caps import CaptionScorer, caps_from_nll
 from clipgen.metrics.clip_score import clip_scores
 from clipgen.metrics.frechet import CLIPImageFeatures, FrechetSet
-from clipgen.metrics.inception import InceptionFeatures, find_inception_weights
+from clipgen.metrics.inception import (
+    InceptionFeatures,
+    find_inception_weights,
+    inception_score_metric,
+)
 from clipgen.metrics.shapes_reader import read_attributes
 from clipgen.models.bundle import bundle_clip, default_bundle
 from clipgen.models.clip import FrozenCLIP
@@ -109,10 +113,9 @@ def score_images(cfg: DictConfig, prompts: Sequence[EvalPrompt], out_dir: Path,
         fill_reference(fd_sets[feature], cfg, feature)
     inception_score = None
     if m.inception_score:
-        from torchmetrics.image.inception import InceptionScore
         weights = find_inception_weights(m.get("inception_weights"))
-        inception_score = InceptionScore(
-            feature=InceptionFeatures(weights, "logits_unbiased"), splits=m.is_splits).to(device)
+        inception_score = inception_score_metric(
+            InceptionFeatures(weights, "logits_unbiased"), m.is_splits).to(device)
     captioner = CaptionScorer(m.caps_model, device) if m.get("caps_model") else None
     cosines, reads, nll, ntok = [], [], [], []
     for lo in tqdm(range(0, len(prompts), m.batch_size), desc="score", unit="batch"):

@@ -53,3 +53,13 @@ class InceptionFeatures(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images)
+
+
+def inception_score_metric(classifier: nn.Module, splits: int = 10):
+    """torchmetrics' Inception Score over `classifier` (uint8 images to class logits; the
+    suites use `InceptionFeatures(weights, "logits_unbiased")`): exp of the mean KL divergence
+    between p(y|x) and the marginal p(y), as mean and std over `splits` parts of the images
+    (shuffled first: seed torch for a reproducible split)."""
+    from torchmetrics.image.inception import InceptionScore
+
+    return InceptionScore(feature=classifier, splits=splits)
