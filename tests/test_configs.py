@@ -31,7 +31,7 @@ def test_training_without_a_stage_names_the_setting():
         build_stage(_compose([]))
 
 
-TOOLS = ["bench_sampling", "clip_zero_shot", "compare_methods", "condition_gap",
+TOOLS = ["bench_sampling", "kill_trials", "clip_zero_shot", "compare_methods", "condition_gap",
          "prior_token_loss", "vqgan_recon", "bench_train", "precompute", "sample"]
 
 
