@@ -468,3 +468,47 @@ def test_bad_suite_settings_leave_the_folder_untouched(tmp_path, override, messa
     with pytest.raises(ValueError, match=message):
         run_suite(cfg)
     assert not (tmp_path / "o").exists()  # no manifest to poison the next good run
+
+
+def test_suite_plots_draw_the_numbers_of_the_report(tmp_path):
+    from clipgen.data.shapes import ATTRIBUTE_VALUES
+    from clipgen.evaluation.plots import (
+        DPI,
+        accuracy_figure,
+        confusion_figure,
+        frechet_by_radius,
+        write_suite_plots,
+    )
+    from clipgen.metrics.attributes import attribute_confusion
+
+    prompts = shapes_prompts(samples_per_combination=1,
+                             holdout=[{"color": "blue", "shape": "star"}])
+    reads = [dict(p.attributes) for p in prompts]
+    reads[0]["color"], reads[1]["shape"] = "green", None  # one wrong colour, one unread shape
+    confusion = attribute_confusion(reads, prompts, ATTRIBUTE_VALUES)
+    metrics = {"attributes": attribute_accuracy(reads, prompts),
+               "attribute_confusion": confusion, "fid": 30.0, "fid_1": 20.0, "fid_4": 5.0}
+    report = json.loads(json.dumps({"suite": "shapes", "metrics": metrics}))  # as stored
+    colors = report["metrics"]["attribute_confusion"]["seen"]["color"]
+    asked, drawn = colors["labels"].index(prompts[0].attributes["color"]), colors[
+        "labels"].index("green")
+    assert colors["counts"][asked][drawn] == 1
+    assert sum(map(sum, colors["counts"])) == sum(p.group == "seen" for p in prompts)
+    shapes = report["metrics"]["attribute_confusion"]["seen"]["shape"]
+    assert shapes["columns"][-1] == "unread" and sum(r[-1] for r in shapes["counts"]) == 1
+
+    fig = confusion_figure(report["metrics"]["attribute_confusion"]["seen"], "t")
+    for ax, table in zip(fig.axes, report["metrics"]["attribute_confusion"]["seen"].values()):
+        assert ax.images[0].get_array().tolist() == table["counts"]
+    bars = accuracy_figure({"a": report}).axes[0].patches
+    by_key = report["metrics"]["attributes"]["all"]
+    assert [b.get_height() for b in bars] == [by_key[k]["accuracy"] for k in sorted(by_key)]
+    assert frechet_by_radius(report["metrics"]) == {"fid": {0.0: 30.0, 1.0: 20.0, 4.0: 5.0}}
+
+    paths = write_suite_plots(report, tmp_path, "python eval/evaluate.py suite=shapes")
+    assert [p.name for p in paths] == ["confusion_heldout.png", "confusion_seen.png",
+                                       "accuracy.png", "fid_by_radius.png"]
+    with Image.open(tmp_path / "fid_by_radius.png") as im:
+        assert im.format == "PNG" and im.size == (6 * DPI, round(4.2 * DPI))
+    with Image.open(tmp_path / "confusion_seen.png") as im:
+        assert im.size == (round(4.2 * 5 * DPI), round(4.6 * DPI))  # five attributes

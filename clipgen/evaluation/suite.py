@@ -18,8 +18,10 @@ from tqdm import tqdm
 
 from clipgen.atomic import write_atomic
 from clipgen.checkpoint import fingerprint
+from clipgen.data.shapes import ATTRIBUTE_VALUES
 from clipgen.data.transforms import from_uint8, to_pil
 from clipgen.distributed import process_rank
+from clipgen.evaluation.plots import footer_text, write_suite_plots
 from clipgen.evaluation.prompts import EvalPrompt
 from clipgen.evaluation.reference_stats import fill_reference
 from clipgen.evaluation.sharded_generation import (
@@ -37,7 +39,7 @@ from clipgen.generation.settings import (
     resolve_device,
 )
 from clipgen.generation.text_to_image import TextToImage
-from clipgen.metrics.attributes import attribute_accuracy
+from clipgen.metrics.attributes import attribute_accuracy, attribute_confusion
 from clipgen.metrics.caps import CaptionScorer, caps_from_nll
 from clipgen.metrics.clip_score import clip_scores
 from clipgen.metrics.frechet import CLIPImageFeatures, FrechetSet
@@ -154,6 +156,7 @@ def score_images(cfg: DictConfig, prompts: Sequence[EvalPrompt], out_dir: Path,
                        caps_model=captioner.name)
     if reads:
         metrics["attributes"] = attribute_accuracy(reads, prompts)
+        metrics["attribute_confusion"] = attribute_confusion(reads, prompts, ATTRIBUTE_VALUES)
     return metrics
 
 
@@ -167,6 +170,8 @@ def write_report(report: dict[str, Any], out_dir: Path, count: int, grid_size: i
                  for key, r in by_key.items()]
     lines = [f"# {report['suite']} suite: {report['images']} images", "",
              "| metric | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
+    plots = write_suite_plots(report, out_dir, footer_text())
+    lines += ["", *(f"![{p.stem}]({p.name})" for p in plots)]
     write_atomic(out_dir / "report.md", lambda p: p.write_text("\n".join(lines) + "\n"))
     grid = to_pil(make_grid(from_uint8(read_images(out_dir, range(min(grid_size, count)))),
                             nrow=8, padding=2, pad_value=1.0))

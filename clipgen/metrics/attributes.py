@@ -33,3 +33,26 @@ def attribute_accuracy(reads: list[dict], prompts: Sequence[NamedAttributes]) ->
                     for key, v in sorted(by_key.items())}
             for group, by_key in hits.items()}
 
+
+
+UNREAD = "unread"
+
+
+def attribute_confusion(reads: list[dict], prompts: Sequence[NamedAttributes],
+                        values: Mapping[str, Sequence[str]]) -> dict[str, Any]:
+    """Per prompt group (`seen`, `heldout`, ...) and attribute named in the prompts: counts of
+    what was asked (rows) against what was read back (columns, plus `unread` for a value
+    outside `values`), as {"labels": [...], "columns": [...], "counts": [[...]]}."""
+    out: dict[str, dict[str, Any]] = {}
+    for read, prompt in zip(reads, prompts):
+        for key, asked in prompt.attributes.items():
+            if key not in values:
+                continue
+            labels = list(values[key])
+            table = out.setdefault(prompt.group, {}).setdefault(key, {
+                "labels": labels, "columns": labels + [UNREAD],
+                "counts": [[0] * (len(labels) + 1) for _ in labels]})
+            drawn = read.get(key)
+            column = labels.index(drawn) if drawn in labels else len(labels)
+            table["counts"][labels.index(asked)][column] += 1
+    return {group: dict(sorted(by_key.items())) for group, by_key in sorted(out.items())}
