@@ -512,3 +512,25 @@ def test_suite_plots_draw_the_numbers_of_the_report(tmp_path):
         assert im.format == "PNG" and im.size == (6 * DPI, round(4.2 * DPI))
     with Image.open(tmp_path / "confusion_seen.png") as im:
         assert im.size == (round(4.2 * 5 * DPI), round(4.6 * DPI))  # five attributes
+
+
+def test_run_plot_draws_every_logged_metric_of_every_version(tmp_path):
+    from clipgen.evaluation.run_plots import plot_run, read_run_metrics, run_figure
+
+    for version, rows in ((0, [(0, "1.0", ""), (5, "0.8", "21.5")]),
+                          (1, [(5, "0.7", ""), (10, "0.5", "24.0")])):  # resumed at step 5
+        folder = tmp_path / "logs" / f"version_{version}"
+        folder.mkdir(parents=True)
+        lines = ["epoch,step,train/loss,val/psnr"] + [f"0,{s},{a},{b}" for s, a, b in rows]
+        (folder / "metrics.csv").write_text("\n".join(lines) + "\n")
+    curves = read_run_metrics(tmp_path)
+    assert curves == {"train/loss": {0: 1.0, 5: 0.7, 10: 0.5}, "val/psnr": {5: 21.5, 10: 24.0}}
+    fig = run_figure(curves, "t")
+    for ax, curve in zip(fig.axes, curves.values()):
+        x, y = ax.lines[0].get_data()
+        assert list(x) == list(curve) and list(y) == list(curve.values())
+    path = plot_run(tmp_path, "python eval/plot_run.py run")
+    with Image.open(path) as im:
+        assert im.format == "PNG" and im.size == (840, 360)
+    with pytest.raises(FileNotFoundError, match="no CSV logs"):
+        read_run_metrics(tmp_path / "nothing")
