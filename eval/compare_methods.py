@@ -5,25 +5,35 @@ with CLIP reranking, optimisation of the VQGAN latent (VQGAN-CLIP) and evolution
         suite.prompts.samples_per_combination=2 bundle=<folder>]
 
 Each method writes its suite folder under compare.out_root/<name> (resumable). Prints JSON and
-a markdown table: attribute accuracy, CLIP score, FD on CLIP features, seconds per image."""
+a markdown table: attribute accuracy, CLIP score, FD on CLIP features, seconds per image; and
+compare.out_root/accuracy.png, the attribute accuracy of every method side by side."""
+
+from pathlib import Path
 
 import hydra
 from hydra import compose
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from clipgen.evaluation.plots import accuracy_figure, footer_text, save_figure
 from clipgen.evaluation.suite import run_suite, suite_summary
 from clipgen.jobs.benchmark import print_report
 from clipgen.jobs.entry import run_job
 
 
 def compare(cfg: DictConfig) -> list[dict]:
-    overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith("compare.")]
-    rows = []
+    overrides = [o for o in HydraConfig.get().overrides.task
+                 if not o.lstrip("~+").startswith("compare.")]
+    rows, reports = [], {}
     for name, method in cfg.compare.methods.items():
         run_cfg = compose("eval", overrides=[*method, *overrides,
                                              f"out_dir={cfg.compare.out_root}/{name}"])
-        rows.append({"method": name, **suite_summary(run_suite(run_cfg))})
+        reports[name] = run_suite(run_cfg)
+        rows.append({"method": name, **suite_summary(reports[name])})
+    if any(r["metrics"].get("attributes") for r in reports.values()):
+        path = save_figure(accuracy_figure(reports), Path(cfg.compare.out_root) / "accuracy.png",
+                           footer_text())
+        print(f"attribute accuracy of every method: {path}")
     return rows
 
 
