@@ -2,16 +2,20 @@
 recomputation, fp32 and bf16, batch 1 / 4 / 16, in one run:
 
     python eval/bench_sampling.py [models=[gpt_8x512]] [batches=[1,4,16]] [dtypes=[float32]]
-        [compile=[false,true]] [guidance_scale=3] [device=cuda]
+        [compile=[false,true]] [guidance_scale=3] [device=cuda] [plot=speed.png]
 
 Models have random weights (sizes in configs/bench_sampling.yaml). Reports tokens/s (token
 sampling only; VQGAN decoding excluded), the fraction of the weight-read roofline (weight bytes
 per step / copy bandwidth, measured in the same run) and of matmul peak in that precision, and
-the speed-up over full recomputation in fp32. Prints JSON and a markdown table."""
+the speed-up over full recomputation in fp32. Prints JSON and a markdown table; with plot=<file>
+also a PNG of tokens/s against batch size per decoder and precision, rooflines dashed."""
+
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
+from clipgen.evaluation.plots import footer_text, sampling_speed_figure, save_figure
 from clipgen.generation.settings import resolve_device
 from clipgen.jobs.benchmark import machine_description, print_report
 from clipgen.jobs.entry import run_job
@@ -37,8 +41,12 @@ def bench(cfg: DictConfig) -> tuple[list[dict], dict]:
 @hydra.main(version_base="1.3", config_path="../configs", config_name="bench_sampling")
 def main(cfg: DictConfig) -> None:
     rows, info = run_job(bench, cfg)
-    print_report(rows, f"sampling speed on {info.get('gpu', info['cpu'])}")
+    title = f"sampling speed on {info.get('gpu', info['cpu'])}"
+    print_report(rows, title)
     print(info)
+    if cfg.get("plot"):
+        path = save_figure(sampling_speed_figure(rows, title), Path(cfg.plot), footer_text())
+        print(f"plot: {path}")
 
 
 if __name__ == "__main__":

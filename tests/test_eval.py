@@ -534,3 +534,20 @@ def test_run_plot_draws_every_logged_metric_of_every_version(tmp_path):
         assert im.format == "PNG" and im.size == (840, 360)
     with pytest.raises(FileNotFoundError, match="no CSV logs"):
         read_run_metrics(tmp_path / "nothing")
+
+
+def test_sampling_speed_plot_draws_the_benchmark_rows():
+    from clipgen.evaluation.plots import sampling_speed_figure
+
+    rows = [{"model": "m", "batch": b, "decoder": d, "dtype": "float32", "compile": False,
+             "tokens_per_s": tps, "roofline_fraction": frac}
+            for b, d, tps, frac in ((1, "static", 100.0, 0.25), (4, "static", 300.0, 0.1875),
+                                    (1, "hf", 50.0, 0.125), (4, "hf", 120.0, 0.075))]
+    rows.append({"model": "m", "batch": 16, "decoder": "hf", "dtype": "float32",
+                 "compile": False, "seconds": "skipped (est. 900)"})
+    ax = sampling_speed_figure(rows, "t").axes[0]
+    lines = {line.get_label(): line.get_data() for line in ax.lines}
+    assert [list(v) for v in lines["static float32"]] == [[1, 4], [100.0, 300.0]]
+    assert [list(v) for v in lines["hf float32"]] == [[1, 4], [50.0, 120.0]]
+    # the roofline: tokens/s at the weight-read limit, rising with the batch
+    assert [list(v) for v in lines["weight-read roofline (float32)"]] == [[1, 4], [400.0, 1600.0]]

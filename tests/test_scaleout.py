@@ -13,6 +13,7 @@ from unittest import mock
 
 import pytest
 import torch
+from PIL import Image
 
 from clipgen.checkpoint import load_torch_file
 from clipgen.data.resumable import ResumableSampler
@@ -107,6 +108,8 @@ def test_killed_and_extended_runs_equal_an_uninterrupted_one(tmp_path):
     proc = _train([*args, "trainer.max_steps=24", f"hydra.run.dir={whole}"], cwd=tmp_path)
     out, _ = proc.communicate(timeout=400)
     assert proc.returncode == 0, out[-3000:]
+    with Image.open(whole / "curves.png") as curves:  # drawn from the CSV logs at the end
+        assert curves.format == "PNG"
 
     # killed at a random moment after the second periodic checkpoint, then resumed
     killed = tmp_path / "killed"
@@ -247,3 +250,17 @@ def test_wandb_logs_offline_and_falls_back_to_csv(tmp_path, monkeypatch):
     monkeypatch.setattr(wandb, "init", service_fails)  # installed, but fails at run start
     logger = build_logger(cfg)
     assert isinstance(logger, CSVLogger) and logger.save_dir == str(tmp_path)
+
+
+def test_run_curves_go_to_wandb_when_it_logs(tmp_path):
+    from pytorch_lightning.loggers import CSVLogger, WandbLogger
+
+    from clipgen.jobs.training import write_run_curves
+
+    folder = tmp_path / "logs" / "version_0"
+    folder.mkdir(parents=True)
+    (folder / "metrics.csv").write_text("epoch,step,train/loss\n0,0,1.0\n0,1,0.5\n")
+    wandb_logger = mock.create_autospec(WandbLogger, instance=True)
+    path = write_run_curves(tmp_path, [wandb_logger, CSVLogger(str(tmp_path), name="logs")])
+    assert path == tmp_path / "curves.png" and path.is_file()
+    wandb_logger.log_image.assert_called_once_with(key="run/curves", images=[str(path)])

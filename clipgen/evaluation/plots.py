@@ -118,3 +118,39 @@ def write_suite_plots(report: Mapping[str, Any], out_dir: Path, footer: str) -> 
         written.append(save_figure(radius_figure(metrics), out_dir / "fid_by_radius.png",
                                    footer))
     return written
+
+
+def sampling_speed_figure(rows: list[Mapping[str, Any]], title: str) -> Figure:
+    """Per model: tokens/s against batch size for each decoder, precision and compile mode
+    (rows of the sampling benchmark), with each precision's weight-read roofline (tokens/s if
+    decoding only read the weights once per step at the measured copy bandwidth)."""
+    timed = [r for r in rows if isinstance(r.get("tokens_per_s"), (int, float))]
+    models = list(dict.fromkeys(r["model"] for r in timed))
+    fig = Figure(figsize=(5.2 * max(1, len(models)), 4.4))
+    for i, model in enumerate(models):
+        ax = fig.add_subplot(1, max(1, len(models)), i + 1)
+        mine = [r for r in timed if r["model"] == model]
+        series: dict[str, dict[int, float]] = {}
+        roofline: dict[str, dict[int, float]] = {}
+        for r in mine:
+            label = f"{r['decoder']} {r['dtype']}" + (" compiled" if r.get("compile") else "")
+            series.setdefault(label, {})[int(r["batch"])] = float(r["tokens_per_s"])
+            if r.get("roofline_fraction"):
+                roofline.setdefault(r["dtype"], {})[int(r["batch"])] = (
+                    float(r["tokens_per_s"]) / float(r["roofline_fraction"]))
+        for label, curve in series.items():
+            points = sorted(curve.items())
+            ax.plot([b for b, _ in points], [v for _, v in points], marker="o", label=label)
+        for dtype, curve in roofline.items():
+            points = sorted(curve.items())
+            ax.plot([b for b, _ in points], [v for _, v in points], linestyle="--",
+                    color="0.4", label=f"weight-read roofline ({dtype})")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("batch size (rows sampled together)")
+        ax.set_ylabel("tokens per second")
+        ax.set_title(model, fontsize=10)
+        ax.legend(fontsize=7)
+    fig.suptitle(title)
+    fig.subplots_adjust(bottom=0.16, top=0.86, wspace=0.3)
+    return fig

@@ -13,10 +13,12 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
-from pytorch_lightning.loggers import CSVLogger, Logger
+from pytorch_lightning.loggers import CSVLogger, Logger, WandbLogger
 
 from clipgen.atomic import remove_stale_temps
 from clipgen.data.datamodule import LogSkippedSamples
+from clipgen.evaluation.plots import footer_text
+from clipgen.evaluation.run_plots import plot_run
 from clipgen.lit.base import ClipgenModule
 from clipgen.lit.checkpoint_io import AtomicCheckpointIO
 from clipgen.lit.rank_sync import CheckRanksInSync
@@ -150,6 +152,9 @@ def run_training(cfg: DictConfig) -> pl.Trainer:
         warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended "
                                 "before the epoch ended")
     logger = build_logger(cfg)
+    loggers = [logger] if logger else []
+    if isinstance(logger, WandbLogger):  # the run folder keeps CSV logs (and curves) too
+        loggers.append(CSVLogger(save_dir=str(run_dir), name="logs"))
     overrides = {}
     if cfg.trainer.get("strategy") == "ddp" and getattr(module, "ddp_unused_parameters", False):
         overrides["strategy"] = "ddp_find_unused_parameters_true"
@@ -159,14 +164,13 @@ def run_training(cfg: DictConfig) -> pl.Trainer:
                                   every_n_train_steps=cfg.checkpoint_every_n_steps,
                                   save_top_k=-1 if cfg.get("keep_all_checkpoints") else 1)
     trainer: pl.Trainer = hydra.utils.instantiate(
-        cfg.trainer, logger=logger,
+        cfg.trainer, logger=loggers or False,
         callbacks=[checkpoints, LogSkippedSamples(), RunSummary(), FinalStepCheckpoint(final),
                    CleanInterruptedSaves(final.parent)]
         + ([CheckRanksInSync()] if cfg.get("check_rank_sync") else []),
         plugins=[AtomicCheckpointIO()], default_root_dir=str(run_dir), **overrides)
-    if logger:
-        logger.log_hyperparams({**OmegaConf.to_container(cfg, resolve=True),
-                                "git": git_commit()})
+    for each in loggers:
+        each.log_hyperparams({**OmegaConf.to_container(cfg, resolve=True), "git": git_commit()})
     model = torch.compile(module) if cfg.get("compile") else module
     # Resuming unpickles nothing but tensors and plain containers (weights_only=True).
     trainer.fit(model, datamodule=datamodule,
@@ -178,5 +182,23 @@ def run_training(cfg: DictConfig) -> pl.Trainer:
     if not 0 < trainer.max_steps <= trainer.global_step:
         trainer.save_checkpoint(final, weights_only=False)  # full state: optimiser, loops, data
     log.info("final checkpoint (step %d): %s", trainer.global_step, final)
+    if cfg.get("plot_curves") and trainer.is_global_zero:
+        write_run_curves(run_dir, loggers)
     log.info("run folder: %s", run_dir)
     return trainer
+
+
+def write_run_curves(run_dir: Path, loggers: list[Logger]) -> Path | None:
+    """`<run>/curves.png` from the run's CSV logs, also sent to wandb when it is a logger."""
+    if not any(isinstance(each, CSVLogger) for each in loggers):
+        return None
+    try:
+        path = plot_run(run_dir, footer_text())
+    except (ValueError, FileNotFoundError) as error:  # nothing logged (a run of a few steps)
+        log.info("no curves drawn: %s", error)
+        return None
+    for each in loggers:
+        if isinstance(each, WandbLogger):
+            each.log_image(key="run/curves", images=[str(path)])
+    log.info("curves: %s", path)
+    return path
