@@ -26,7 +26,9 @@ def footer_text(command: str | None = None) -> str:
 
 def save_figure(fig: Figure, path: Path, footer: str) -> Path:
     """Add the footer and write the figure as PNG atomically."""
-    fig.text(0.01, 0.005, footer, fontsize=7, color="0.35", ha="left", va="bottom")
+    width = int(fig.get_figwidth() * 19)  # characters that fit at this font size
+    text = footer if len(footer) <= width else footer[: width - 1] + "…"
+    fig.text(0.01, 0.005, text, fontsize=6.5, color="0.35", ha="left", va="bottom")
     write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI))
     return path
 
