@@ -31,8 +31,9 @@ def test_training_without_a_stage_names_the_setting():
         build_stage(_compose([]))
 
 
-TOOLS = ["bench_sampling", "kill_trials", "clip_zero_shot", "compare_methods", "condition_gap",
-         "prior_token_loss", "vqgan_recon", "bench_train", "precompute", "sample"]
+TOOLS = ["bench_sampling", "kill_trials", "demo", "clip_zero_shot", "compare_methods",
+         "condition_gap", "prior_token_loss", "vqgan_recon", "bench_train", "precompute",
+         "sample"]
 
 
 @pytest.mark.parametrize("name", TOOLS)

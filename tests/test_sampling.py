@@ -254,3 +254,16 @@ def test_refused_weights_are_one_line_errors_naming_the_file_in_every_entry_poin
             f"ckpt_path={evil}", f"run_dir={tmp_path}/run", "trainer.max_steps=1"])
     assert "evil.ckpt" in _user_error(capsys, run_job, run_training, train)
     assert not marker.exists()
+
+
+def test_previews_arrive_a_token_row_at_a_time_and_end_at_the_result(tmp_path):
+    t2i = TextToImage.from_bundle(write_tiny_bundle(tmp_path / "bundle"))
+    previews = []
+    results = t2i.generate(t2i.text_conditions(["a red circle"]), n_candidates=2, keep=2,
+                           seed=0, batch_size=2, on_preview=previews.append)
+    assert len(previews) == 8  # 8 x 8 tokens: one preview per completed row
+    first, last = previews[0], previews[-1]
+    assert first.shape == (2, 3, 16, 16) and (first[..., 2:, :] == 0).all()  # grey below row 1
+    assert not (first[..., :2, :] == 0).all()
+    final = results[0].images
+    assert torch.equal(last.sort(0).values, final.sort(0).values)  # same images, any order

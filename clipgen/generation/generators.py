@@ -3,7 +3,7 @@ VQGAN latent (`optimize`) and evolutionary search (`evolve`)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,23 +22,29 @@ METHODS = ("clipgen", "optimize", "evolve")
 def generate_by_method(pipe: TextToImage, method: str, cond: torch.Tensor, keep: int,
                        settings: Mapping[str, Any], seed: int = 0, n_candidates: int = 1,
                        batch_size: int = 16, init_images: torch.Tensor | None = None,
-                       progress: bool = False) -> tuple[list[Generation], list[list[torch.Tensor]]]:
+                       progress: bool = False,
+                       on_preview: Callable[[torch.Tensor], None] | None = None
+                       ) -> tuple[list[Generation], list[list[torch.Tensor]]]:
     """For each condition row, `keep` images best first with their CLIP cosine to the
     condition; plus, for `optimize`, each row's progress frames (else empty lists).
 
     `settings` holds the method's section of the config (sampling for clipgen, the fields of
-    OptimizeConfig or EvolveConfig otherwise)."""
+    OptimizeConfig or EvolveConfig otherwise). `on_preview(images)` is shown the work so far:
+    the batch being sampled as its token rows arrive (clipgen), the images of every step
+    (optimize), each generation's best images (evolve)."""
     if method == "clipgen":
         results = pipe.generate(cond, n_candidates=max(n_candidates, keep), keep=keep,
                                 sampling=SamplingConfig(**settings), seed=seed,
-                                batch_size=batch_size, progress=progress)
+                                batch_size=batch_size, progress=progress, on_preview=on_preview)
         return results, [[] for _ in results]
     if method == "optimize":
         cfg = OptimizeConfig(**settings)
         rows = cond.repeat_interleave(keep, dim=0)
         init = init_images.repeat(len(rows) // len(init_images), 1, 1, 1) \
             if init_images is not None else None
-        result = optimize_latents(pipe.vqgan, pipe.clip, rows, cfg, seed=seed, init_images=init)
+        result = optimize_latents(pipe.vqgan, pipe.clip, rows, cfg, seed=seed, init_images=init,
+                                  on_step=(lambda _, im: on_preview(im.cpu())) if on_preview
+                                  else None)
         final = result.similarity[-1].view(len(cond), keep)
         images = result.images.view(len(cond), keep, *result.images.shape[1:])
         out, frames = [], []
@@ -51,7 +57,9 @@ def generate_by_method(pipe: TextToImage, method: str, cond: torch.Tensor, keep:
         cfg = EvolveConfig(**settings)
         if keep > cfg.population:
             raise ValueError(f"keep ({keep}) exceeds the population ({cfg.population})")
-        result = evolve_latents(pipe.vqgan, pipe.clip, cond, cfg, seed=seed)
+        result = evolve_latents(pipe.vqgan, pipe.clip, cond, cfg, seed=seed,
+                                on_generation=(lambda _, im: on_preview(im.cpu()))
+                                if on_preview else None)
         return ([Generation(result.images[i, :keep], result.fitness[i, :keep])
                  for i in range(len(cond))], [[] for _ in range(len(cond))])
     raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")

@@ -11,7 +11,7 @@ some public implementations do). For the same seed and precision they sample the
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -162,11 +162,13 @@ class _StaticStepper:
 
 @torch.no_grad()
 def sample_tokens(prior: CLIPPrior, cond: torch.Tensor, cfg: SamplingConfig | None = None,
-                  generator: torch.Generator | None = None) -> torch.Tensor:
+                  generator: torch.Generator | None = None,
+                  on_token: Callable[[int, torch.Tensor], None] | None = None) -> torch.Tensor:
     """Sample (B, n_tokens) image tokens for (B, cond_dim) conditions.
 
     With guidance (scale != 1) the batch holds B conditional rows and B null rows; both get
     the same sampled token. Guidance applies at the positions `cfg.guidance_interval` names.
+    `on_token(i, tokens)` is called after position i is drawn (tokens beyond i are zero).
     """
     cfg = cfg or SamplingConfig()
     b, n, k = cond.shape[0], prior.config.n_tokens, prior.config.n_prefix
@@ -194,6 +196,8 @@ def sample_tokens(prior: CLIPPrior, cond: torch.Tensor, cfg: SamplingConfig | No
                            else logits[:b])
             tok = pick_tokens(step_logits, cfg, generator)
             out[:, i] = tok
+            if on_token:
+                on_token(i, out)
             if i == n - 1:
                 break
             # null rows are needed while a later position is guided

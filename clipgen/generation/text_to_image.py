@@ -55,6 +55,22 @@ class TextToImage:
         clip = FrozenCLIP(clip_arch, str(clip_weights) if clip_weights else None)
         return cls(vq, clip, load_prior(prior, vq, clip), device)
 
+    def _previewer(self, show: Callable[[torch.Tensor], None]
+                   ) -> Callable[[int, torch.Tensor], None]:
+        """An `on_token` callback that decodes the tokens so far at the end of each token row
+        and greys out the image rows below them."""
+        h, w = self.vqgan.token_grid()
+
+        def on_token(i: int, tokens: torch.Tensor) -> None:
+            if (i + 1) % w:
+                return
+            images = self.vqgan.decode_tokens(tokens).clamp(-1, 1)
+            done = (i + 1) // w * images.shape[-2] // h
+            images[..., done:, :] = 0.0  # grey where no token is sampled yet
+            show(images.cpu())
+
+        return on_token
+
     @torch.no_grad()
     def text_conditions(self, prompts: Sequence[str]) -> torch.Tensor:
         return self.clip.encode_text(list(prompts))
@@ -67,10 +83,13 @@ class TextToImage:
     @torch.no_grad()
     def generate(self, cond: torch.Tensor, n_candidates: int = 1, keep: int = 1,
                  sampling: SamplingConfig | None = None, seed: int = 0, batch_size: int = 16,
-                 progress: bool = False, on_batch: Callable[[int], None] | None = None
+                 progress: bool = False,
+                 on_preview: Callable[[torch.Tensor], None] | None = None
                  ) -> list[Generation]:
         """For each condition row, sample `n_candidates` images and keep the `keep` with the
-        highest CLIP similarity to the condition. Deterministic for (seed, batch_size)."""
+        highest CLIP similarity to the condition. Deterministic for (seed, batch_size).
+        `on_preview(images)` receives the batch being sampled, decoded as far as its tokens go
+        (rows not sampled yet grey), each time a row of tokens is complete."""
         if keep > n_candidates:
             raise ValueError(f"keep ({keep}) cannot exceed n_candidates ({n_candidates})")
         cond = cond.to(self.device)
@@ -80,12 +99,11 @@ class TextToImage:
         for start in tqdm(range(0, len(rows), batch_size), disable=not progress,
                           desc="sampling", unit="batch"):
             chunk = rows[start:start + batch_size]
-            tokens = sample_tokens(self.prior, chunk, sampling, generator=gen)
+            on_token = self._previewer(on_preview) if on_preview else None
+            tokens = sample_tokens(self.prior, chunk, sampling, generator=gen, on_token=on_token)
             decoded = self.vqgan.decode_tokens(tokens).clamp(-1, 1)
             images.append(decoded.cpu())
             cosines.append((self.clip.encode_image(decoded) * chunk).sum(-1).cpu())
-            if on_batch:
-                on_batch(len(chunk))
         all_images = torch.cat(images).view(len(cond), n_candidates, *images[0].shape[1:])
         all_cos = torch.cat(cosines).view(len(cond), n_candidates)
         best = rerank(all_cos, keep)

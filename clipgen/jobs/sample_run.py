@@ -60,6 +60,15 @@ def slug(text: str, limit: int = 40) -> str:
     return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")[:limit] or "prompt"
 
 
+def sample_record(prompt: str, seed: int, rank: int, file: str, cosine: float,
+                  settings: dict) -> dict:
+    """One line of `samples.jsonl`: what an image shows, where it is, how it scored, how it
+    was made."""
+    return {"prompt": prompt, "seed": seed, "rank": rank, "file": file,
+            "clip_cosine": round(cosine, 4), "clip_score": round(100 * max(cosine, 0.0), 2),
+            "settings": settings}
+
+
 def run_sampling(cfg: DictConfig) -> Path:
     """Generate for every prompt (or the image) and write the results into `cfg.out_dir`."""
     check_generation_settings(cfg)
@@ -98,10 +107,9 @@ def run_sampling(cfg: DictConfig) -> Path:
             file = out / name / f"{j:02d}.png"
             file.parent.mkdir(exist_ok=True)
             to_pil(image).save(file)
-            records.append(json.dumps({
-                "prompt": label, "seed": cfg.seed, "rank": j,
-                "file": str(file.relative_to(out)), "clip_cosine": round(float(cos), 4),
-                "clip_score": round(100 * max(float(cos), 0.0), 2), "settings": settings}))
+            records.append(json.dumps(sample_record(label, cfg.seed, j,
+                                                    str(file.relative_to(out)), float(cos),
+                                                    settings)))
         grid = make_grid(result.images, nrow=len(result.images), padding=2, pad_value=1.0)
         to_pil(grid).save(out / f"{name}_grid.png")
         if frames[i]:

@@ -137,10 +137,12 @@ class SeparableCMA:
 
 @torch.no_grad()
 def evolve_latents(vqgan: VQGAN, clip: FrozenCLIP, cond: torch.Tensor, cfg: EvolveConfig,
-                   seed: int = 0, on_generation: Callable[[int], None] | None = None
+                   seed: int = 0,
+                   on_generation: Callable[[int, torch.Tensor], None] | None = None
                    ) -> EvolveResult:
     """A population per row of `cond`, evolved for `cfg.generations`; returns the final
-    population ranked by fitness (CLIP similarity)."""
+    population ranked by fitness (CLIP similarity). `on_generation(g, best_images)` sees each
+    generation's best image per row."""
     if cfg.algorithm not in ("ga", "cma"):
         raise ValueError(f"unknown algorithm {cfg.algorithm!r}: use ga or cma")
     if cfg.algorithm == "ga" and not 0 <= cfg.elite < cfg.population:
@@ -165,6 +167,6 @@ def evolve_latents(vqgan: VQGAN, clip: FrozenCLIP, cond: torch.Tensor, cfg: Evol
             cma.tell(fit)  # in the order of ask
         pop, fit, images = _ranked(pop, fit, images)
         best.append(fit[:, 0].cpu())
-        if on_generation and g > 0:
-            on_generation(g)
+        if on_generation:
+            on_generation(g, images[:, 0])
     return EvolveResult(pop.cpu(), fit.cpu(), images.cpu(), torch.stack(best))

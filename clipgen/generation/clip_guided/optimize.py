@@ -38,9 +38,11 @@ class OptimizeResult:
 
 def optimize_latents(vqgan: VQGAN, clip: FrozenCLIP, cond: torch.Tensor, cfg: OptimizeConfig,
                      seed: int = 0, init_images: torch.Tensor | None = None,
-                     on_step: Callable[[int], None] | None = None) -> OptimizeResult:
+                     on_step: Callable[[int, torch.Tensor], None] | None = None
+                     ) -> OptimizeResult:
     """One image per row of `cond` (unit-norm CLIP embeddings): Adam on the latent to raise the
-    mean CLIP similarity of random cutouts. Starts from random codes or from `init_images`."""
+    mean CLIP similarity of random cutouts. Starts from random codes or from `init_images`.
+    `on_step(step, images)` sees the images of every step (to show progress)."""
     device = cond.device
     gen = torch.Generator(device=device).manual_seed(seed)
     with torch.no_grad():
@@ -55,6 +57,8 @@ def optimize_latents(vqgan: VQGAN, clip: FrozenCLIP, cond: torch.Tensor, cfg: Op
             history.append(clip_similarity(clip, images, cond).cpu())
             if cfg.frame_every and step % cfg.frame_every == 0:
                 frames.append(images.detach().cpu())
+        if on_step:
+            on_step(step, images.detach())
         if step == cfg.steps:
             break
         crops = random_cutouts(images, cfg.cutouts, clip.image_size, cfg.cut_min, gen)
@@ -63,6 +67,4 @@ def optimize_latents(vqgan: VQGAN, clip: FrozenCLIP, cond: torch.Tensor, cfg: Op
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if on_step:
-            on_step(step)
     return OptimizeResult(images.detach().cpu(), torch.stack(history), frames)

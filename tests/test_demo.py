@@ -1,0 +1,149 @@
+"""The demo page: a real server on a free localhost port, driven through gradio's client and a
+headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from PIL import Image
+
+from tests.helpers import write_tiny_bundle
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    from clipgen.jobs.demo_page import build_demo, launch_options
+
+    bundle = write_tiny_bundle(tmp_path_factory.mktemp("bundle"))
+    port = _free_port()
+    with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("demo", overrides=[f"bundle={bundle}", "device=cpu", f"demo.port={port}",
+                                         "demo.max_candidates=6", "n_candidates=3",
+                                         "samples_per_prompt=2", "demo.max_upload_mb=1"])
+    demo = build_demo(cfg)
+    demo.launch(**launch_options(cfg), prevent_thread_lock=True, quiet=True)
+    yield f"http://127.0.0.1:{port}/"
+    demo.close()
+
+
+def _settings(**changes):
+    values = {"prompt": "a red circle", "image": None, "method": "clipgen", "n_candidates": 3,
+              "keep": 2, "guidance": 1.0, "top_k": 0, "temperature": 1.0, "seed": 0,
+              "precision": "float32", "steps": 10}
+    return {**values, **changes}
+
+
+def test_a_prompt_returns_the_kept_images_and_their_records(server):
+    from gradio_client import Client
+
+    client = Client(server, verbose=False)
+    job = client.submit(*_settings().values(), api_name="/generate")
+    gallery, files, status = job.result(timeout=120)
+    assert status.startswith("done: 2 image(s)")
+    assert len(gallery) == 2 and "CLIP score" in gallery[0]["caption"]
+    for item in gallery:
+        with Image.open(item["image"]["path"] if isinstance(item["image"], dict)
+                        else item["image"]) as im:
+            assert im.size == (16, 16)
+    paths = [Path(f["path"] if isinstance(f, dict) else f) for f in files]
+    records = [json.loads(line) for line in next(p for p in paths
+                                                 if p.name == "samples.jsonl").read_text()
+               .splitlines()]
+    assert [r["rank"] for r in records] == [0, 1] and records[0]["prompt"] == "a red circle"
+    updates = job.outputs()  # previews streamed before the result
+    assert any(u[2].startswith("clipgen: working") for u in updates[:-1])
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"prompt": "  "}, "empty prompt"),
+    ({"n_candidates": 60}, "greater than maximum value 6"),  # the slider's own bound
+    ({"keep": 5}, "cannot exceed n_candidates"),
+])
+def test_bad_input_is_a_message_and_the_server_keeps_serving(server, changes, message):
+    from gradio_client import Client
+
+    client = Client(server, verbose=False)
+    with pytest.raises(Exception, match=message):
+        client.predict(*_settings(**changes).values(), api_name="/generate")
+    assert client.predict(*_settings().values(), api_name="/generate")[2].startswith("done")
+
+
+def test_a_run_can_be_cancelled_and_uploads_are_bounded(server, tmp_path):
+    from gradio_client import Client, handle_file
+    from gradio_client.utils import Status
+
+    client = Client(server, verbose=False)
+    long = client.submit(*_settings(method="optimize", steps=300, keep=1).values(),
+                         api_name="/generate")
+    deadline = time.time() + 120
+    while not any(o[2].startswith("optimize: working") for o in long.outputs()):
+        assert not long.done() and time.time() < deadline, "no preview before the end"
+        time.sleep(0.05)
+    long.cancel()
+    while not long.done() and time.time() < deadline:
+        time.sleep(0.05)
+    assert long.status().code == Status.CANCELLED
+    assert not any(o[2].startswith("done") for o in long.outputs())
+    assert client.predict(*_settings().values(), api_name="/generate")[2].startswith("done")
+    small = tmp_path / "small.png"
+    Image.new("RGB", (40, 30), (200, 20, 20)).save(small)
+    varied = client.predict(*_settings(image=handle_file(str(small)), prompt="").values(),
+                            api_name="/generate")
+    assert varied[2] == "done: 2 image(s) for 'variations of small.png'"
+    big = tmp_path / "big.png"
+    Image.frombytes("RGB", (800, 800), np.random.default_rng(0).bytes(800 * 800 * 3)).save(big)
+    assert big.stat().st_size > 1_000_000
+    with pytest.raises(Exception, match="(?i)file.*(large|size)|exceeds|413"):
+        client.predict(*_settings(image=handle_file(str(big))).values(), api_name="/generate")
+
+
+@pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
+                    reason="needs Debian's chromium and chromium-driver (.ci/run installs them)")
+def test_the_page_in_a_real_browser(server, tmp_path):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ready
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking", "--disable-sync",
+                 "--disable-component-update", f"--user-data-dir={tmp_path / 'profile'}",
+                 "--window-size=1280,900"):
+        options.add_argument(flag)
+    browser = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    try:
+        browser.get(server)
+        wait = WebDriverWait(browser, 120)
+        box = wait.until(ready.element_to_be_clickable((By.CSS_SELECTOR, "#prompt textarea")))
+        box.clear()
+        box.send_keys("a blue star")
+        browser.find_element(By.CSS_SELECTOR, "#generate").click()
+        wait.until(lambda b: "done" in b.find_element(By.CSS_SELECTOR, "#status").text)
+        images = browser.find_elements(By.CSS_SELECTOR, "#gallery img")
+        assert len(images) >= 2
+        assert "shipped Shapes bundle" not in browser.page_source  # says which model it is
+        assert "Model:" in browser.page_source
+        browser.save_screenshot(str(tmp_path / "page.png"))
+    finally:
+        browser.quit()
+    with Image.open(tmp_path / "page.png") as shot:
+        assert shot.size[0] > 600
