@@ -355,6 +355,8 @@ def test_shapes_suite_writes_a_report_and_resumes(tmp_path):
     assert metrics["fd_clip_real_images"] == 32 and metrics["fd_clip"] > 0
     assert 0 <= metrics["attributes"]["all"]["color"]["accuracy"] <= 1
     assert metrics["attributes"]["all"]["color"]["n"] == 12
+    outline = metrics["attributes"]["all"]["clean_outline"]  # every prompt names a shape
+    assert outline["n"] == 12 and 0 <= outline["accuracy"] <= 1 and 0 <= outline["mean_iou"] <= 1
     assert "clip_score_hessel" in json.loads((out / "report.json").read_text())["metrics"]
     assert len(list((tmp_path / "ref").glob("shapes-clip-*.pt"))) == 1
     first = image_path(out, 0).stat().st_mtime_ns

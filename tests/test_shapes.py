@@ -130,3 +130,26 @@ def test_dataset_yields_image_in_range_caption_attributes():
     assert set(item["attributes"]) == set(ATTRIBUTE_VALUES)
     with pytest.raises(IndexError):
         ds[4]
+
+
+def test_clean_outline_is_high_on_renders_and_low_on_blobs():
+    from PIL import Image, ImageDraw
+
+    from clipgen.data.shapes import ShapesWorld
+    from clipgen.metrics.shapes_reader import CLEAN_OUTLINE_IOU, outline_iou
+
+    world = ShapesWorld(image_size=64, seed=11, split="test")
+    ious = [outline_iou(world[i].image, world[i].record.shape) for i in range(40)]
+    assert np.mean(np.array(ious) >= CLEAN_OUTLINE_IOU) >= 0.95
+    disc = Image.new("RGB", (64, 64), (255, 255, 255))
+    ImageDraw.Draw(disc).ellipse((16, 16, 48, 48), fill=(230, 30, 30))
+    assert outline_iou(disc, "circle") >= CLEAN_OUTLINE_IOU
+    assert outline_iou(disc, "square") < CLEAN_OUTLINE_IOU  # a disc labelled square
+    rng = np.random.default_rng(0)
+    blob = Image.new("RGB", (64, 64), (255, 255, 255))
+    angles = np.sort(rng.uniform(0, 2 * np.pi, 9))
+    radii = rng.uniform(6, 18, 9)
+    ImageDraw.Draw(blob).polygon([(32 + r * np.cos(a), 32 + r * np.sin(a))
+                                  for a, r in zip(angles, radii)], fill=(30, 30, 230))
+    assert max(outline_iou(blob, s) for s in ("star", "square", "triangle")) < 0.8
+    assert outline_iou(Image.new("RGB", (64, 64), (255, 255, 255)), "star") == 0.0

@@ -39,7 +39,11 @@ from clipgen.generation.settings import (
     resolve_device,
 )
 from clipgen.generation.text_to_image import TextToImage
-from clipgen.metrics.attributes import attribute_accuracy, attribute_confusion
+from clipgen.metrics.attributes import (
+    attribute_accuracy,
+    attribute_confusion,
+    clean_outline_share,
+)
 from clipgen.metrics.caps import CaptionScorer, caps_from_nll
 from clipgen.metrics.clip_score import clip_scores
 from clipgen.metrics.frechet import CLIPImageFeatures, FrechetSet
@@ -48,7 +52,7 @@ from clipgen.metrics.inception import (
     find_inception_weights,
     inception_score_metric,
 )
-from clipgen.metrics.shapes_reader import read_attributes
+from clipgen.metrics.shapes_reader import CLEAN_OUTLINE_IOU, outline_iou, read_attributes
 from clipgen.models.bundle import bundle_clip, default_bundle
 from clipgen.models.clip import FrozenCLIP
 
@@ -119,7 +123,7 @@ def score_images(cfg: DictConfig, prompts: Sequence[EvalPrompt], out_dir: Path,
         inception_score = inception_score_metric(
             InceptionFeatures(weights, "logits_unbiased"), m.is_splits).to(device)
     captioner = CaptionScorer(m.caps_model, device) if m.get("caps_model") else None
-    cosines, reads, nll, ntok = [], [], [], []
+    cosines, reads, ious, nll, ntok = [], [], [], [], []
     for lo in tqdm(range(0, len(prompts), m.batch_size), desc="score", unit="batch"):
         idx = list(range(lo, min(lo + m.batch_size, len(prompts))))
         images = read_images(out_dir, idx)
@@ -132,7 +136,11 @@ def score_images(cfg: DictConfig, prompts: Sequence[EvalPrompt], out_dir: Path,
             img_emb = clip.encode_image(from_uint8(images.to(device)))
             cosines.append((img_emb * clip.encode_text(texts)).sum(-1).cpu())
         if m.shapes_attributes:
-            reads += [read_attributes(im.permute(1, 2, 0).numpy()) for im in images]
+            pixels = [im.permute(1, 2, 0).numpy() for im in images]
+            reads += [read_attributes(p) for p in pixels]
+            ious += [outline_iou(p, prompts[i].attributes["shape"])
+                     if "shape" in prompts[i].attributes else None
+                     for i, p in zip(idx, pixels)]
         if captioner is not None:
             s, n = captioner.token_nll([to_pil(from_uint8(im)) for im in images], texts)
             nll.append(s)
@@ -156,6 +164,8 @@ def score_images(cfg: DictConfig, prompts: Sequence[EvalPrompt], out_dir: Path,
                        caps_model=captioner.name)
     if reads:
         metrics["attributes"] = attribute_accuracy(reads, prompts)
+        for group, share in clean_outline_share(ious, prompts, CLEAN_OUTLINE_IOU).items():
+            metrics["attributes"].setdefault(group, {})["clean_outline"] = share
         metrics["attribute_confusion"] = attribute_confusion(reads, prompts, ATTRIBUTE_VALUES)
     return metrics
 
@@ -240,6 +250,7 @@ def suite_summary(report: dict[str, Any]) -> dict[str, Any]:
         return attrs.get(group, {}).get(key, {}).get("accuracy")
 
     return {"color": acc("all", "color"), "shape": acc("all", "shape"),
+            "clean_outline": acc("all", "clean_outline"),
             "color_and_shape": acc("all", "color_and_shape"),
             "heldout_color_and_shape": acc("heldout", "color_and_shape"),
             "clip_score_100": m.get("clip_score_100"), "fd_clip": m.get("fd_clip"),

@@ -56,3 +56,18 @@ def attribute_confusion(reads: list[dict], prompts: Sequence[NamedAttributes],
             column = labels.index(drawn) if drawn in labels else len(labels)
             table["counts"][labels.index(asked)][column] += 1
     return {group: dict(sorted(by_key.items())) for group, by_key in sorted(out.items())}
+
+
+def clean_outline_share(ious: Sequence[float | None], prompts: Sequence[NamedAttributes],
+                        threshold: float) -> dict[str, dict[str, Any]]:
+    """Per group (`all`, `seen`, `heldout` ...): the share of images whose object outlines the
+    named shape with IoU >= `threshold`, as {"accuracy", "n", "mean_iou"}; images whose
+    prompt names no shape (iou None) are left out."""
+    by_group: dict[str, list[float]] = defaultdict(list)
+    for iou, prompt in zip(ious, prompts):
+        if iou is not None:
+            for group in ("all", prompt.group):
+                by_group[group].append(iou)
+    return {group: {"accuracy": round(sum(v >= threshold for v in values) / len(values), 4),
+                    "n": len(values), "mean_iou": round(sum(values) / len(values), 4)}
+            for group, values in by_group.items()}

@@ -58,6 +58,45 @@ def _mask_iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.logical_and(a, b).sum() / union) if union else 0.0
 
 
+def _object_mask(arr: np.ndarray) -> tuple[str, np.ndarray, np.ndarray, np.ndarray]:
+    """(background name, its RGB, distance of each pixel from it, object mask)."""
+    border = np.concatenate([arr[0], arr[-1], arr[:, 0], arr[:, -1]])
+    background = _nearest(np.median(border, axis=0), BACKGROUND_COLORS)
+    bg = np.asarray(BACKGROUND_COLORS[background], dtype=np.float64)
+    dist = np.linalg.norm(arr - bg, axis=2)
+    return background, bg, dist, dist > OBJECT_THRESHOLD
+
+
+def _template(shape: str, cx: float, cy: float, r: float, size: int, background: str,
+              bg: np.ndarray) -> np.ndarray:
+    """The mask of the spec rendering of `shape` at (cx, cy) with outer radius r."""
+    rec = ShapeRecord("red", shape, "small", "center", background, cx, cy, r)
+    return np.linalg.norm(_to_array(render(rec, size)) - bg, axis=2) > OBJECT_THRESHOLD
+
+
+CLEAN_OUTLINE_IOU = 0.85  # a drawn object counts as a clean outline of its shape from here
+
+
+def outline_iou(image: Image.Image | np.ndarray, shape: str,
+                scales: tuple[float, ...] = (0.9, 0.95, 1.0, 1.05, 1.1),
+                shifts: tuple[float, ...] = (-1.0, 0.0, 1.0)) -> float:
+    """How cleanly the image's object outlines `shape`: the best IoU of the object's mask
+    with the spec template of that shape, placed at the mask's centroid (shifted up to a
+    pixel) with the radius its area implies (scaled by up to 10%). 0 when nothing is drawn."""
+    if shape not in SHAPES:
+        raise ValueError(f"unknown shape {shape!r}; expected one of {', '.join(SHAPES)}")
+    arr = _to_array(image)
+    background, bg, _, mask = _object_mask(arr)
+    if mask.sum() < 4:
+        return 0.0
+    ys, xs = np.nonzero(mask)
+    cx, cy = xs.mean() + 0.5, ys.mean() + 0.5
+    r = math.sqrt(float(mask.sum()) / AREA_PER_R2[shape])
+    return max(_mask_iou(mask, _template(shape, cx + dx, cy + dy, r * k, arr.shape[0],
+                                         background, bg))
+               for k in scales for dx in shifts for dy in shifts)
+
+
 def read_attributes(image: Image.Image | np.ndarray) -> dict[str, str | None]:
     """Read colour, shape, size, position and background of a Shapes image.
 
@@ -65,11 +104,7 @@ def read_attributes(image: Image.Image | np.ndarray) -> dict[str, str | None]:
     """
     arr = _to_array(image)
     s = arr.shape[0]
-    border = np.concatenate([arr[0], arr[-1], arr[:, 0], arr[:, -1]])
-    background = _nearest(np.median(border, axis=0), BACKGROUND_COLORS)
-    bg = np.asarray(BACKGROUND_COLORS[background], dtype=np.float64)
-    dist = np.linalg.norm(arr - bg, axis=2)
-    mask = dist > OBJECT_THRESHOLD
+    background, bg, dist, mask = _object_mask(arr)
     out: dict[str, str | None] = {"background": background, "color": None, "shape": None,
                                   "size": None, "position": None}
     if mask.sum() < 4:
@@ -84,9 +119,7 @@ def read_attributes(image: Image.Image | np.ndarray) -> dict[str, str | None]:
     best, best_iou, best_r = None, -1.0, 0.0
     for shape in SHAPES:
         r = math.sqrt(area / AREA_PER_R2[shape])
-        rec = ShapeRecord(out["color"], shape, "small", "center", background, cx, cy, r)
-        ref = np.linalg.norm(_to_array(render(rec, s)) - bg, axis=2) > OBJECT_THRESHOLD
-        iou = _mask_iou(mask, ref)
+        iou = _mask_iou(mask, _template(shape, cx, cy, r, s, background, bg))
         if iou > best_iou:
             best, best_iou, best_r = shape, iou, r
     out["shape"] = best
