@@ -1,9 +1,10 @@
-"""Facts about a run recorded in logs and checkpoints: the code version and the effective
-batch size."""
+"""Facts about a run recorded in logs and checkpoints: the code version, the effective batch
+size, and what the hardware runs fast."""
 
 from __future__ import annotations
 
 import subprocess
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -30,3 +31,30 @@ def effective_batch(batch_size: int, devices: int, num_nodes: int, accumulate: i
     return {"per_device": batch_size, "devices": devices, "num_nodes": num_nodes,
             "accumulate_grad_batches": accumulate,
             "effective": batch_size * devices * num_nodes * accumulate}
+
+
+@lru_cache(maxsize=1)
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU multiplies bf16 matrices natively (AMX or AVX512-BF16): without either,
+    PyTorch emulates bf16 and runs far slower than fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux: assume no native bf16
+        return False
+    return any(f in flags.split() for f in ("amx_bf16", "avx512_bf16"))
+
+
+def training_precision(requested: str, accelerator: str) -> tuple[str, str]:
+    """Lightning's precision for `requested` (`auto`, or any Lightning value kept as is) and
+    why: on CPUs `auto` is bf16-mixed where bf16 runs natively, else 32-true."""
+    if requested != "auto":
+        return requested, "as configured"
+    if accelerator == "cpu":
+        if cpu_has_fast_bf16():
+            return "bf16-mixed", "CPU with native bf16 (AMX / AVX512-BF16)"
+        return "32-true", "CPU without native bf16: emulated bf16 would be slower than fp32"
+    import torch
+
+    if torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+        return "16-mixed", "GPU without bf16"
+    return "bf16-mixed", f"accelerator {accelerator}"

@@ -175,3 +175,38 @@ def test_half_export_of_the_prior_loads_back(encoders, tmp_path):
     prior = load_prior(half, vqgan, clip)
     assert prior.cond_proj.weight.dtype == torch.float32
     assert torch.equal(prior.cond_proj.weight, module.prior.cond_proj.weight.half().float())
+
+
+def test_bf16_mixed_steps_lower_the_loss_like_fp32(encoders, cache, tmp_path):
+    root, _ = cache
+    ds = PrecomputedDataset(root)
+    batch = collate_samples([ds[i] for i in range(len(ds))])
+    finals = {}
+
+    def loss(module: PriorModule) -> float:
+        with torch.no_grad():
+            logits = module.prior(batch["cond"], batch["tokens"])
+            return torch.nn.functional.cross_entropy(logits.flatten(0, 1),
+                                                     batch["tokens"].flatten()).item()
+
+    for precision in ("32-true", "bf16-mixed"):
+        module = _module(encoders, emb_loss_weight=0.0, cond_drop=0.0)
+        start = loss(module)
+        trainer = pl.Trainer(max_steps=20, accelerator="cpu", precision=precision, logger=False,
+                             enable_checkpointing=False, enable_progress_bar=False,
+                             limit_val_batches=0, num_sanity_val_steps=0,
+                             gradient_clip_val=1.0, default_root_dir=tmp_path / precision)
+        trainer.fit(module, ImageTextDataModule(ds, None, batch_size=24))
+        finals[precision] = loss(module)
+        assert finals[precision] < 0.85 * start, precision
+    assert abs(finals["bf16-mixed"] - finals["32-true"]) < 0.1 * finals["32-true"]
+
+
+def test_auto_precision_follows_the_hardware(monkeypatch):
+    import clipgen.run_info as run_info
+
+    monkeypatch.setattr(run_info, "cpu_has_fast_bf16", lambda: True)
+    assert run_info.training_precision("auto", "cpu")[0] == "bf16-mixed"
+    monkeypatch.setattr(run_info, "cpu_has_fast_bf16", lambda: False)
+    assert run_info.training_precision("auto", "cpu")[0] == "32-true"
+    assert run_info.training_precision("16-mixed", "cpu") == ("16-mixed", "as configured")

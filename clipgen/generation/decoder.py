@@ -13,28 +13,17 @@ from __future__ import annotations
 import logging
 import weakref
 from dataclasses import dataclass
-from functools import cache, lru_cache
-from pathlib import Path
+from functools import cache
 
 import torch
 import torch.nn.functional as F
 
 from clipgen.models.prior import CLIPPrior
+from clipgen.run_info import cpu_has_fast_bf16
 
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-@lru_cache(maxsize=1)
-def cpu_has_fast_bf16() -> bool:
-    """Whether this CPU multiplies bf16 matrices natively (AMX or AVX512-BF16): without either,
-    PyTorch emulates bf16 and runs far slower than fp32."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:  # not Linux: assume no native bf16
-        return False
-    return any(f in flags.split() for f in ("amx_bf16", "avx512_bf16"))
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:

@@ -14,24 +14,26 @@ import torch
 from omegaconf import DictConfig
 
 from clipgen.jobs.training import build_stage
+from clipgen.run_info import training_precision
 
 
 class StepTimer(pl.Callback):
-    """Wall-clock time of each training batch after `warmup` batches."""
+    """Wall-clock time of each whole training step after `warmup` steps: from the end of one
+    batch to the end of the next, so fetching and collating the data counts (throughput, not
+    compute alone)."""
 
     def __init__(self, warmup: int) -> None:
         self.warmup = warmup
         self.times: list[float] = []
-        self._start = 0.0
+        self._last: float | None = None
         self._seen = 0
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self._start = time.perf_counter()
-
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        now = time.perf_counter()
         self._seen += 1
-        if self._seen > self.warmup:
-            self.times.append(time.perf_counter() - self._start)
+        if self._last is not None and self._seen > self.warmup:
+            self.times.append(now - self._last)
+        self._last = now
 
 
 def machine_description() -> dict[str, Any]:
@@ -49,14 +51,18 @@ def measure_training(cfg: DictConfig, warmup: int, steps: int) -> dict[str, Any]
     module = build_stage(cfg)
     datamodule = hydra.utils.instantiate(cfg.data)
     timer = StepTimer(warmup)
+    precision, _ = training_precision(str(cfg.trainer.get("precision", "32-true")),
+                                      str(cfg.trainer.get("accelerator", "auto")))
     trainer: pl.Trainer = hydra.utils.instantiate(
         cfg.trainer, max_steps=warmup + steps, limit_val_batches=0, logger=False,
-        enable_checkpointing=False, enable_progress_bar=False, callbacks=[timer])
+        enable_checkpointing=False, enable_progress_bar=False, callbacks=[timer],
+        precision=precision)
     trainer.fit(module, datamodule=datamodule)
     times = sorted(timer.times)
     median = times[len(times) // 2]
     batch = cfg.data.batch_size
-    row = {"stage": cfg.stage.name, "batch_size": batch, "steps_timed": len(times),
+    row = {"stage": cfg.stage.name, "precision": precision, "batch_size": batch,
+           "steps_timed": len(times),
            "median_step_s": round(median, 4), "steps_per_s": round(1 / median, 3),
            "images_per_s": round(batch / median, 2)}
     tokens = getattr(module, "tokens_per_sample", None)

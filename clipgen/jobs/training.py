@@ -22,7 +22,7 @@ from clipgen.evaluation.run_plots import plot_run
 from clipgen.lit.base import ClipgenModule
 from clipgen.lit.checkpoint_io import AtomicCheckpointIO
 from clipgen.lit.rank_sync import CheckRanksInSync
-from clipgen.run_info import effective_batch, git_commit
+from clipgen.run_info import effective_batch, git_commit, training_precision
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +159,11 @@ def run_training(cfg: DictConfig) -> pl.Trainer:
     if cfg.trainer.get("strategy") == "ddp" and getattr(module, "ddp_unused_parameters", False):
         overrides["strategy"] = "ddp_find_unused_parameters_true"
         log.info("stage %s: DDP with unused-parameter detection", cfg.stage.name)
+    precision, why = training_precision(str(cfg.trainer.get("precision", "32-true")),
+                                        str(cfg.trainer.get("accelerator", "auto")))
+    overrides["precision"] = precision
+    print(f"precision: {precision} ({why})")
+    log.info("precision: %s (%s)", precision, why)
     final = run_dir / "checkpoints" / "last.ckpt"
     checkpoints = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True,
                                   every_n_train_steps=cfg.checkpoint_every_n_steps,
