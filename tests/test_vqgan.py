@@ -212,3 +212,15 @@ def test_shipped_shapes_tokenizer_reconstructs():
     x = torch.stack([data[i]["image"] for i in range(8)])
     with torch.no_grad():
         assert psnr(x, model.decode_tokens(model.encode_to_tokens(x))).mean() > 30
+
+
+@pytest.mark.parametrize("quantizer", ["l2", "taming"])
+def test_quantization_runs_in_fp32_under_bf16_autocast(quantizer):
+    torch.manual_seed(0)
+    model = VQGAN(VQGANConfig(**TINY, quantizer=quantizer)).train()
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # as in bf16-mixed training
+        q = model.encode(x)
+    assert q.z_q.dtype == torch.float32 and torch.isfinite(q.loss)
+    if quantizer == "l2":
+        assert model.quantize.recent.dtype == torch.float32

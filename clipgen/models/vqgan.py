@@ -101,7 +101,11 @@ class VQGAN(nn.Module):
         self.post_quant_conv = nn.Conv2d(config.embed_dim, config.z_channels, 1)
 
     def encode(self, x: torch.Tensor) -> QuantOutput:
-        return self.quantize(self.quant_conv(self.encoder(x)))
+        h = self.quant_conv(self.encoder(x))
+        # Quantised in fp32 whatever autocast is on (bf16-mixed training): code assignment
+        # and the codebook's statistics must not depend on bf16 rounding.
+        with torch.autocast(h.device.type, enabled=False):
+            return self.quantize(h.float())
 
     def decode(self, z_q: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.post_quant_conv(z_q))
