@@ -153,3 +153,21 @@ def test_clean_outline_is_high_on_renders_and_low_on_blobs():
                                   for a, r in zip(angles, radii)], fill=(30, 30, 230))
     assert max(outline_iou(blob, s) for s in ("star", "square", "triangle")) < 0.8
     assert outline_iou(Image.new("RGB", (64, 64), (255, 255, 255)), "star") == 0.0
+
+
+def test_full_caption_rate_names_every_attribute_as_often_as_asked():
+    from clipgen.data.shapes import ShapesWorld
+
+    plain, default = ShapesWorld(seed=3), ShapesWorld(seed=3, full_caption_rate=0.0)
+    assert [plain[i].caption for i in range(30)] == [default[i].caption for i in range(30)]
+    full = ShapesWorld(seed=3, full_caption_rate=1.0)
+    for i in range(30):
+        sample = full[i]
+        assert all(v.replace("_", " ") in sample.caption or k == "position"
+                   for k, v in sample.record.attributes().items())
+        assert sample.record == plain[i].record  # same images, other captions
+    half = ShapesWorld(seed=3, full_caption_rate=0.5)
+    changed = sum(half[i].caption != plain[i].caption for i in range(200))
+    assert 60 < changed < 110
+    with pytest.raises(ValueError, match="full_caption_rate"):
+        ShapesWorld(full_caption_rate=1.5)

@@ -229,7 +229,7 @@ class ShapesWorld:
     """
 
     def __init__(self, image_size: int = 64, seed: int = 0, split: str = "train",
-                 holdout: Iterable[Combination] = ()) -> None:
+                 holdout: Iterable[Combination] = (), full_caption_rate: float = 0.0) -> None:
         if split not in SPLIT_IDS:
             raise ValueError(f"unknown split {split!r}; expected one of {list(SPLIT_IDS)}")
         if image_size < 16:
@@ -238,6 +238,9 @@ class ShapesWorld:
         self.seed = seed
         self.split = split
         self.holdout = validate_combinations(holdout)
+        if not 0.0 <= full_caption_rate <= 1.0:
+            raise ValueError(f"full_caption_rate must lie in [0, 1], got {full_caption_rate}")
+        self.full_caption_rate = full_caption_rate
         if split == "heldout" and not self.holdout:
             raise ValueError("split 'heldout' needs at least one held-out combination")
 
@@ -268,6 +271,9 @@ class ShapesWorld:
         cy = (GRID[gy] + rng.uniform(-POSITION_JITTER, POSITION_JITTER)) * s
         radius = SIZES[attrs["size"]] * rng.uniform(*SIZE_JITTER) * s
         template = CAPTION_TEMPLATES[int(rng.integers(len(CAPTION_TEMPLATES)))]
+        # drawn only when asked for, so that the default data stays what it was
+        if self.full_caption_rate and rng.random() < self.full_caption_rate:
+            template = CAPTION_TEMPLATES[0]  # names every attribute
         return ShapeRecord(**attrs, cx=float(cx), cy=float(cy), radius=float(radius)), template
 
     def __getitem__(self, index: int) -> ShapesSample:

@@ -15,12 +15,13 @@ class ShapesDataset(Dataset):
     the attribute words and a key."""
 
     def __init__(self, length: int, image_size: int = 64, seed: int = 0, split: str = "train",
-                 holdout: Iterable[Mapping[str, str]] = ()) -> None:
+                 holdout: Iterable[Mapping[str, str]] = (), full_caption_rate: float = 0.0
+                 ) -> None:
         if length <= 0:
             raise ValueError(f"length must be positive, got {length}")
         self.length = length
         self.world = ShapesWorld(image_size=image_size, seed=seed, split=split,
-                                 holdout=list(holdout))
+                                 holdout=list(holdout), full_caption_rate=full_caption_rate)
 
     def __len__(self) -> int:
         return self.length
