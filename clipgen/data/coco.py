@@ -39,14 +39,15 @@ COCO_MODES = ("caption", "image")
 
 def coco_items(annotations: list[dict], mode: str = "caption", num_samples: int | None = None,
                seed: int = 0) -> list[dict]:
-    """The caption records a COCO reader or suite uses. `mode="caption"`: every caption;
-    `mode="image"`: one per image, its first caption (lowest annotation id). With
+    """The caption records a COCO reader or suite uses, from `annotations` sorted by id (as
+    `load_coco_captions` returns them). `mode="caption"`: every caption; `mode="image"`: one
+    per image, its first caption (lowest annotation id). With
     `num_samples`, that many are drawn without replacement with `seed`: in caption mode the
     "30k captions" protocol (an image can come up several times: about 22.3k distinct images of
     val2014), in image mode the "30k distinct images" protocol."""
     if mode not in COCO_MODES:
         raise ValueError(f"COCO mode must be one of {COCO_MODES}, got {mode!r}")
-    items = sorted(annotations, key=lambda a: int(a["id"]))
+    items = annotations
     if mode == "image":
         seen: set[int] = set()
         items = [a for a in items if not (a["image_id"] in seen or seen.add(a["image_id"]))]

@@ -55,13 +55,12 @@ def dataset_fingerprint(dataset: Any, indices: list[int]) -> str | None:
 
 
 def reference_key(cfg: DictConfig, feature: str, features: torch.nn.Module,
-                  dataset: Any | None) -> dict[str, Any]:
-    """What a suite's real statistics depend on."""
+                  dataset: Any | None, indices: list[int]) -> dict[str, Any]:
+    """What a suite's real statistics depend on (`indices`: the dataset items used)."""
     real = cfg.suite.real
     if real.get("npz"):
         images = {"npz": file_digest(real.npz)}
     else:
-        indices = reference_indices(len(dataset), int(real.num_images))
         images = {"config": OmegaConf.to_container(real, resolve=True),
                   "files": dataset_fingerprint(dataset, indices)}
     return {"suite": cfg.suite.name, "feature": feature, "weights": fingerprint(features),
@@ -82,7 +81,8 @@ def fill_reference(fd: FrechetSet, cfg: DictConfig, feature: str) -> Path | None
         raise ValueError("a reference npz holds radius-0 statistics only: set "
                          "metrics.fid_radii=[0]")
     dataset = None if real.get("npz") else instantiate(real.dataset)
-    key = reference_key(cfg, feature, fd.features, dataset)
+    indices = [] if dataset is None else reference_indices(len(dataset), int(real.num_images))
+    key = reference_key(cfg, feature, fd.features, dataset, indices)
     path = reference_path(cfg, key)
     if path.is_file():
         fd.load_real(path)
@@ -91,7 +91,6 @@ def fill_reference(fd: FrechetSet, cfg: DictConfig, feature: str) -> Path | None
     if dataset is None:
         fd.load_real_state(state_from_npz(real.npz))
         return None
-    indices = reference_indices(len(dataset), int(real.num_images))
     skipped = 0
     batch: list[torch.Tensor] = []
     for i in tqdm(indices, desc="real images", unit="img"):

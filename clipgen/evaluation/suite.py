@@ -17,7 +17,6 @@ from torchvision.utils import make_grid
 from tqdm import tqdm
 
 from clipgen.atomic import write_atomic
-from clipgen.checkpoint import fingerprint
 from clipgen.data.shapes import ATTRIBUTE_VALUES
 from clipgen.data.transforms import from_uint8, to_pil
 from clipgen.distributed import process_rank
@@ -63,9 +62,7 @@ def generator_settings(cfg: DictConfig, pipe: TextToImage) -> dict[str, Any]:
     """What the images depend on, recorded in the folder's manifest: the method and its
     settings, and the models by fingerprints of their weights (not by path: the shipped bundle
     changes between releases, and a path can be overwritten)."""
-    models = {"vqgan": fingerprint(pipe.vqgan), "clip": fingerprint(pipe.clip.model),
-              "prior": fingerprint(pipe.prior)}
-    return {"method": cfg.method, "model": models,
+    return {"method": cfg.method, "model": pipe.fingerprints(),
             "settings": method_settings(cfg), "n_candidates": cfg.n_candidates,
             "batch_size": cfg.batch_size, "seed": cfg.seed}
 

@@ -108,5 +108,17 @@ def method_settings(cfg: DictConfig) -> dict:
     method = cfg.get("method", "clipgen")
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
-    section = "sampling" if method == "clipgen" else method
-    return OmegaConf.to_container(cfg[section], resolve=True)
+    return OmegaConf.to_container(cfg[method_section(method)], resolve=True)
+
+
+def method_section(method: str) -> str:
+    """The config section a method reads: `sampling` for clipgen, else its own name."""
+    return "sampling" if method == "clipgen" else method
+
+
+def settings_record(cfg: DictConfig) -> dict[str, Any]:
+    """How images were made, as `samples.jsonl` records it: the method, its settings, the
+    candidate count and batch size."""
+    method = cfg.get("method", "clipgen")
+    return {"method": method, method_section(method): method_settings(cfg),
+            "n_candidates": cfg.n_candidates, "batch_size": cfg.batch_size}

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from clipgen.checkpoint import fingerprint
 from clipgen.generation.sampling import SamplingConfig, rerank, sample_tokens
 from clipgen.models.bundle import bundle_clip, check_bundle
 from clipgen.models.clip import FrozenCLIP
@@ -70,6 +71,11 @@ class TextToImage:
             show(images.cpu())
 
         return on_token
+
+    def fingerprints(self) -> dict[str, str]:
+        """The weights of the three pieces, by fingerprint (what a result was made with)."""
+        return {"vqgan": fingerprint(self.vqgan), "clip": fingerprint(self.clip.model),
+                "prior": fingerprint(self.prior)}
 
     @torch.no_grad()
     def text_conditions(self, prompts: Sequence[str]) -> torch.Tensor:

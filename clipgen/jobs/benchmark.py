@@ -13,8 +13,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig
 
-from clipgen.jobs.training import build_stage
-from clipgen.run_info import training_precision
+from clipgen.jobs.training import build_stage, trainer_precision
 
 
 class StepTimer(pl.Callback):
@@ -51,8 +50,7 @@ def measure_training(cfg: DictConfig, warmup: int, steps: int) -> dict[str, Any]
     module = build_stage(cfg)
     datamodule = hydra.utils.instantiate(cfg.data)
     timer = StepTimer(warmup)
-    precision, _ = training_precision(str(cfg.trainer.get("precision", "32-true")),
-                                      str(cfg.trainer.get("accelerator", "auto")))
+    precision, _ = trainer_precision(cfg)
     trainer: pl.Trainer = hydra.utils.instantiate(
         cfg.trainer, max_steps=warmup + steps, limit_val_batches=0, logger=False,
         enable_checkpointing=False, enable_progress_bar=False, callbacks=[timer],

@@ -16,7 +16,6 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from clipgen.checkpoint import fingerprint
 from clipgen.data.transforms import to_pil
 from clipgen.generation.generators import METHODS, generate_by_method
 from clipgen.generation.settings import (
@@ -24,6 +23,7 @@ from clipgen.generation.settings import (
     check_generation_settings,
     method_settings,
     resolve_device,
+    settings_record,
 )
 from clipgen.generation.text_to_image import TextToImage
 from clipgen.jobs.entry import USER_ERRORS
@@ -42,9 +42,9 @@ def model_description(cfg: DictConfig, pipe: TextToImage) -> str:
     source = (f"bundle `{cfg.bundle}`" if cfg.get("bundle") else
               f"VQGAN `{cfg.vqgan}`, CLIP `{cfg.clip.arch}`, prior `{cfg.prior}`"
               if cfg.get("vqgan") else "the shipped Shapes bundle")
-    return (f"**Model:** {source} (VQGAN {fingerprint(pipe.vqgan)}, CLIP "
-            f"{fingerprint(pipe.clip.model)}, prior {fingerprint(pipe.prior)}), "
-            f"{pipe.vqgan.config.resolution} px, on {pipe.device}")
+    prints = pipe.fingerprints()
+    return (f"**Model:** {source} (VQGAN {prints['vqgan']}, CLIP {prints['clip']}, prior "
+            f"{prints['prior']}), {pipe.vqgan.config.resolution} px, on {pipe.device}")
 
 
 def request_config(cfg: DictConfig, method: str, n_candidates: int, keep: int,
@@ -142,11 +142,8 @@ def generation_stream(pipe: TextToImage, cfg: DictConfig, prompt: str, image: st
         if "error" in outcome:
             raise outcome["error"]
         out_dir = Path(tempfile.mkdtemp(prefix="clipgen-demo-"))
-        section = "sampling" if run.method == "clipgen" else run.method
-        record_settings = {"method": run.method, section: method_settings(run),
-                           "n_candidates": run.n_candidates}
-        gallery, files = write_results(outcome["results"], label, run.seed, record_settings,
-                                       out_dir)
+        gallery, files = write_results(outcome["results"], label, run.seed,
+                                       settings_record(run), out_dir)
         yield gallery, files, f"done: {len(gallery)} image(s) for {label!r}"
     finally:
         stop.set()  # a closed (cancelled) request stops its worker at the next preview

@@ -21,6 +21,7 @@ from clipgen.generation.settings import (
     check_generation_settings,
     method_settings,
     resolve_device,
+    settings_record,
 )
 from clipgen.generation.text_to_image import TextToImage
 
@@ -97,9 +98,7 @@ def run_sampling(cfg: DictConfig) -> Path:
         init_images=init, progress=True)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    section = "sampling" if method == "clipgen" else method
-    settings = {"method": method, section: method_settings(cfg),
-                "n_candidates": cfg.n_candidates, "batch_size": cfg.batch_size}
+    settings = settings_record(cfg)
     records = []
     for i, (label, result) in enumerate(zip(labels, results)):
         name = f"{i:03d}_{slug(label)}"

@@ -40,6 +40,13 @@ def build_stage(cfg: DictConfig) -> ClipgenModule:
     return module
 
 
+def trainer_precision(cfg: DictConfig) -> tuple[str, str]:
+    """The Lightning precision `cfg.trainer` asks for (`auto` resolved for this hardware), and
+    why."""
+    return training_precision(str(cfg.trainer.get("precision", "32-true")),
+                              str(cfg.trainer.get("accelerator", "auto")))
+
+
 def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> str | None:
     """`last` means the newest of run_dir/checkpoints/last.ckpt and the checkpoints Lightning
     writes on a SLURM preemption signal (run_dir/hpc_ckpt_*.ckpt); a fresh start when there is
@@ -159,8 +166,7 @@ def run_training(cfg: DictConfig) -> pl.Trainer:
     if cfg.trainer.get("strategy") == "ddp" and getattr(module, "ddp_unused_parameters", False):
         overrides["strategy"] = "ddp_find_unused_parameters_true"
         log.info("stage %s: DDP with unused-parameter detection", cfg.stage.name)
-    precision, why = training_precision(str(cfg.trainer.get("precision", "32-true")),
-                                        str(cfg.trainer.get("accelerator", "auto")))
+    precision, why = trainer_precision(cfg)
     overrides["precision"] = precision
     print(f"precision: {precision} ({why})")
     log.info("precision: %s (%s)", precision, why)
