@@ -21,7 +21,7 @@ def pipe(tmp_path_factory):
 
 
 def _cond(pipe):
-    return pipe.text_conditions(["a red circle", "a blue star"])
+    return pipe.text_conditions(["a red circle", "a blue star"]).clip
 
 
 def test_optimize_raises_clip_similarity_and_is_deterministic(pipe):

@@ -58,8 +58,9 @@ def coco_items(annotations: list[dict], mode: str = "caption", num_samples: int 
 
 class CocoCaptionsDataset(Dataset):
     """One item per caption (`mode="caption"`) or per image with its first caption
-    (`mode="image"`), all or `num_samples` drawn (see `coco_items`). Corrupt images yield None
-    and are counted in `self.skipped`."""
+    (`mode="image"`), all or `num_samples` drawn (see `coco_items`); every item also carries
+    all captions of its image ("captions"). Corrupt images yield None and are counted in
+    `self.skipped`."""
 
     def __init__(self, annotations: str | Path, image_dir: str | Path, resolution: int = 256,
                  crop: str = "center", hflip: bool = False, mode: str = "caption",
@@ -70,6 +71,9 @@ class CocoCaptionsDataset(Dataset):
                                     "(e.g. val2014/); see data/README.md")
         self.files, anns = load_coco_captions(annotations)
         self.items = coco_items(anns, mode, num_samples, seed)
+        self.image_captions: dict[int, list[str]] = {}
+        for a in anns:  # every caption of an image, in annotation order
+            self.image_captions.setdefault(int(a["image_id"]), []).append(a["caption"].strip())
         self.transform = image_transform(resolution, crop, hflip)
         self.skipped = SkipCounter()
 
@@ -89,4 +93,5 @@ class CocoCaptionsDataset(Dataset):
             self.skipped.skip(str(path), error)
             return None
         return {"image": image, "caption": ann["caption"].strip(), "key": str(ann["id"]),
-                "image_id": int(ann["image_id"])}
+                "image_id": int(ann["image_id"]),
+                "captions": self.image_captions[int(ann["image_id"])]}

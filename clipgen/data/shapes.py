@@ -276,6 +276,18 @@ class ShapesWorld:
             template = CAPTION_TEMPLATES[0]  # names every attribute
         return ShapeRecord(**attrs, cx=float(cx), cy=float(cy), radius=float(radius)), template
 
+    def captions(self, index: int, count: int) -> list[str]:
+        """`count` captions of sample `index`: its own caption first, then captions from other
+        templates, drawn without repeats (deterministic; at most one per template)."""
+        if not 1 <= count <= len(CAPTION_TEMPLATES):
+            raise ValueError(f"captions per image must lie in [1, {len(CAPTION_TEMPLATES)}], "
+                             f"got {count}")
+        record, template = self.record(index)
+        others = [t for t in CAPTION_TEMPLATES if t != template]
+        rng = np.random.default_rng([self.seed, SPLIT_IDS[self.split], index, 1])
+        chosen = [others[i] for i in rng.permutation(len(others))[:count - 1]]
+        return [caption(record, t) for t in [template, *chosen]]
+
     def __getitem__(self, index: int) -> ShapesSample:
         record, template = self.record(index)
         return ShapesSample(render(record, self.image_size), caption(record, template), record)

@@ -35,6 +35,8 @@ def _sample_decoder(transform: Callable[[Image.Image], torch.Tensor], counter: S
                 raise ValueError(f"no caption (.{caption_key} member missing or empty)")
             if "json" in sample:
                 out["meta"] = json.loads(sample["json"])
+                if isinstance(out["meta"], dict) and "captions" in out["meta"]:
+                    out["captions"] = [str(c).strip() for c in out["meta"]["captions"]]
         except Exception as error:  # bad image bytes, text or JSON: count and skip the sample
             counter.skip(f"{sample.get('__url__', '?')}:{key}", error)
             return None

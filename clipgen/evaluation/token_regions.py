@@ -52,7 +52,7 @@ def token_loss_by_region(t2i: TextToImage, num_images: int = 128, batch_size: in
     for batch in DataLoader(data, batch_size=batch_size, collate_fn=collate_samples):
         x = batch["image"].to(t2i.device)
         tokens = vq.encode_to_tokens(x).view(len(x), -1)
-        logits = t2i.prior(t2i.image_conditions(x), tokens)
+        logits = t2i.prior(t2i.image_conditions(x).prior, tokens)
         loss = F.cross_entropy(logits.flatten(0, 1), tokens.flatten(), reduction="none")
         losses.append(loss.view(len(x), -1).cpu())
         regions.append(token_regions(x.cpu(), grid).view(len(x), -1))

@@ -5,7 +5,9 @@ weights into this decoder once (cast to the sampling precision, laid out for sma
 and runs GPT-2's forward pass by hand: key/value caches preallocated for the whole sequence,
 one prefill of the condition prefix, then one decode step per token that writes its key and
 value into the cache in place. Same arithmetic as Hugging Face's GPT-2 (pre-LayerNorm blocks,
-tanh-GELU, tied output head), without its per-token Python overhead.
+tanh-GELU, tied output head), without its per-token Python overhead. For a caption-conditioned
+prior, the caption's keys and values are projected once per layer (`set_memory`) and every
+step attends to them after its self-attention, as Hugging Face's cross-attention blocks do.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from functools import cache
 import torch
 import torch.nn.functional as F
 
-from clipgen.models.prior import CLIPPrior
+from clipgen.models.prior import CLIPPrior, Memory
 from clipgen.run_info import cpu_has_fast_bf16
 
 log = logging.getLogger(__name__)
@@ -103,7 +105,15 @@ def decoder_weights(prior: CLIPPrior, dtype: torch.dtype, device: torch.device,
     layers = []
     for block in gpt.h:
         # Hugging Face's Conv1D stores (in, out)
-        layers.append({
+        cross = {}
+        if hasattr(block, "crossattention"):
+            x = block.crossattention
+            cross = {"lnx_w": cast(block.ln_cross_attn.weight),
+                     "lnx_b": cast(block.ln_cross_attn.bias),
+                     "xq_w": cast(x.q_attn.weight, out_in), "xq_b": cast(x.q_attn.bias),
+                     "xkv_w": cast(x.c_attn.weight, out_in), "xkv_b": cast(x.c_attn.bias),
+                     "xproj_w": cast(x.c_proj.weight, out_in), "xproj_b": cast(x.c_proj.bias)}
+        layers.append({**cross,
             "ln1_w": cast(block.ln_1.weight), "ln1_b": cast(block.ln_1.bias),
             "qkv_w": cast(block.attn.c_attn.weight, out_in),
             "qkv_b": cast(block.attn.c_attn.bias),
@@ -139,6 +149,41 @@ class StaticDecoder:
         self.positions = torch.arange(length, device=w.wte.device)
         self.static_shapes = static_shapes
         self.step_fn = self._step
+        # per layer (rows, heads, L, head_dim) caption keys and values, and the (rows, 1, 1, L)
+        # mask of caption positions (None: no cross-attention)
+        self.memory_keys: list[torch.Tensor] = []
+        self.memory_values: list[torch.Tensor] = []
+        self.memory_mask: torch.Tensor | None = None
+
+    def set_memory(self, memory: Memory) -> None:
+        """Project the (rows, L, D) caption states to every layer's cross-attention keys and
+        values, once for the whole decode."""
+        w, hd = self.w, self.head_dim
+        if "xkv_w" not in w.layers[0]:
+            raise ValueError("this prior has no cross-attention: it reads no captions")
+        states, mask = memory
+        b, n, d = states.shape
+        states = states.to(w.wte.dtype).reshape(b * n, d)
+        self.memory_keys, self.memory_values = [], []
+        for layer in w.layers:
+            kv = w.linear(states, layer["xkv_w"], layer["xkv_b"])
+            k, v = kv.view(b, n, 2, w.n_head, hd).permute(2, 0, 3, 1, 4)
+            self.memory_keys.append(k.contiguous())
+            self.memory_values.append(v.contiguous())
+        self.memory_mask = mask.view(b, 1, 1, n)
+
+    def _cross_attention(self, x: torch.Tensor, i: int, n_rows: int) -> torch.Tensor:
+        """Layer i's cross-attention from x (n_rows, S, D) to the caption, with its residual."""
+        w, layer = self.w, self.w.layers[i]
+        b, s, d = x.shape
+        h = F.layer_norm(x, (d,), layer["lnx_w"], layer["lnx_b"], w.eps)
+        q = w.linear(h.reshape(b * s, d), layer["xq_w"], layer["xq_b"])
+        q = q.view(b, s, w.n_head, self.head_dim).transpose(1, 2)
+        att = F.scaled_dot_product_attention(q, self.memory_keys[i][:n_rows],
+                                             self.memory_values[i][:n_rows],
+                                             attn_mask=self.memory_mask[:n_rows])
+        att = att.transpose(1, 2).reshape(b * s, d)
+        return x + w.linear(att, layer["xproj_w"], layer["xproj_b"]).view(b, s, d)
 
     def compile(self, mode: str | None = None) -> None:
         """Compile the decode step (`mode="reduce-overhead"` for CUDA graphs on GPU)."""
@@ -169,6 +214,8 @@ class StaticDecoder:
                     q, cache_k[:, :, :start + s], cache_v[:, :, :start + s], is_causal=s > 1)
             att = att.transpose(1, 2).reshape(b * s, d)
             x = x + w.linear(att, layer["proj_w"], layer["proj_b"]).view(b, s, d)
+            if self.memory_keys:
+                x = self._cross_attention(x, i, n_rows)
             h = F.layer_norm(x, (d,), layer["ln2_w"], layer["ln2_b"], w.eps)
             ff = F.gelu(w.linear(h.reshape(b * s, d), layer["fc_w"], layer["fc_b"]),
                         approximate="tanh")

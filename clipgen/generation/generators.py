@@ -14,12 +14,12 @@ from clipgen.data.transforms import to_pil
 from clipgen.generation.clip_guided.evolve import EvolveConfig, evolve_latents
 from clipgen.generation.clip_guided.optimize import OptimizeConfig, optimize_latents
 from clipgen.generation.sampling import SamplingConfig
-from clipgen.generation.text_to_image import Generation, TextToImage
+from clipgen.generation.text_to_image import Conditions, Generation, TextToImage
 
 METHODS = ("clipgen", "optimize", "evolve")
 
 
-def generate_by_method(pipe: TextToImage, method: str, cond: torch.Tensor, keep: int,
+def generate_by_method(pipe: TextToImage, method: str, conditions: Conditions, keep: int,
                        settings: Mapping[str, Any], seed: int = 0, n_candidates: int = 1,
                        batch_size: int = 16, init_images: torch.Tensor | None = None,
                        progress: bool = False,
@@ -32,8 +32,9 @@ def generate_by_method(pipe: TextToImage, method: str, cond: torch.Tensor, keep:
     OptimizeConfig or EvolveConfig otherwise). `on_preview(images)` is shown the work so far:
     the batch being sampled as its token rows arrive (clipgen), the images of every step
     (optimize), each generation's best images (evolve)."""
+    cond = conditions.clip  # what the CLIP-guided methods follow
     if method == "clipgen":
-        results = pipe.generate(cond, n_candidates=max(n_candidates, keep), keep=keep,
+        results = pipe.generate(conditions, n_candidates=max(n_candidates, keep), keep=keep,
                                 sampling=SamplingConfig(**settings), seed=seed,
                                 batch_size=batch_size, progress=progress, on_preview=on_preview)
         return results, [[] for _ in results]

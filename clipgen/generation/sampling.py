@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from clipgen.generation.decoder import StaticDecoder, decoder_weights, resolve_dtype
-from clipgen.models.prior import CLIPPrior
+from clipgen.models.prior import CLIPPrior, Memory
 
 DECODERS = ("static", "hf", "recompute")
 
@@ -120,35 +120,38 @@ class _HFStepper:
     """Logits from the Hugging Face model: with its dynamic cache, or recomputing the whole
     sequence at every step."""
 
-    def __init__(self, prior: CLIPPrior, prefix: torch.Tensor, cached: bool) -> None:
-        self.prior, self.prefix, self.cached = prior, prefix, cached
+    def __init__(self, prior: CLIPPrior, prefix: torch.Tensor, cached: bool,
+                 memory: Memory | None) -> None:
+        self.prior, self.prefix, self.cached, self.memory = prior, prefix, cached, memory
         self.past: Any = None
         self.tokens = prefix.new_zeros((len(prefix), 0), dtype=torch.long)
 
     def first(self) -> torch.Tensor:
         if self.cached:
-            logits, self.past = self.prior.step(self.prefix)
+            logits, self.past = self.prior.step(self.prefix, memory=self.memory)
             return logits.float()
-        return self.prior.full_logits(self.prefix, self.tokens).float()
+        return self.prior.full_logits(self.prefix, self.tokens, self.memory).float()
 
     def next(self, tokens: torch.Tensor, position: int) -> torch.Tensor:
         rows = len(self.prefix)  # the reference keeps every row to the end
         tokens = tokens.repeat(rows // len(tokens))
         if self.cached:
             logits, self.past = self.prior.step(self.prior.token_embeddings(tokens)[:, None],
-                                                self.past)
+                                                self.past, self.memory)
             return logits.float()
         self.tokens = torch.cat([self.tokens, tokens[:, None]], dim=1)
-        return self.prior.full_logits(self.prefix, self.tokens).float()
+        return self.prior.full_logits(self.prefix, self.tokens, self.memory).float()
 
 
 class _StaticStepper:
     def __init__(self, prior: CLIPPrior, prefix: torch.Tensor, dtype: torch.dtype,
-                 compile_step: bool) -> None:
+                 compile_step: bool, memory: Memory | None) -> None:
         # one row: (in, out) weights times the row; more: (out, in) weights times the rows
         weights = decoder_weights(prior, dtype, prefix.device, out_in=len(prefix) > 1)
         total = prior.config.n_prefix + prior.config.n_tokens
         self.decoder = StaticDecoder(weights, len(prefix), total)
+        if memory is not None:
+            self.decoder.set_memory(memory)
         if compile_step:
             self.decoder.compile("reduce-overhead" if prefix.device.type == "cuda" else None)
         self.prefix = prefix
@@ -164,7 +167,8 @@ class _StaticStepper:
 def sample_tokens(prior: CLIPPrior, cond: torch.Tensor, cfg: SamplingConfig | None = None,
                   generator: torch.Generator | None = None,
                   on_token: Callable[[int, torch.Tensor], None] | None = None) -> torch.Tensor:
-    """Sample (B, n_tokens) image tokens for (B, cond_dim) conditions.
+    """Sample (B, n_tokens) image tokens for B conditions: (B, cond_dim) CLIP embeddings, or
+    (B, caption_length) caption token ids for a caption-conditioned prior.
 
     With guidance (scale != 1) the batch holds B conditional rows and B null rows; both get
     the same sampled token. Guidance applies at the positions `cfg.guidance_interval` names.
@@ -181,11 +185,12 @@ def sample_tokens(prior: CLIPPrior, cond: torch.Tensor, cfg: SamplingConfig | No
         null_mask[b:] = True
     dtype = resolve_dtype(cfg.dtype, cond.device)
     prefix = prior.prefix(rows, null_mask)
+    memory = prior.memory(rows, null_mask)
     autocast: Any = contextlib.nullcontext()
     if cfg.decoder == "static":
-        stepper: Any = _StaticStepper(prior, prefix, dtype, cfg.compile)
+        stepper: Any = _StaticStepper(prior, prefix, dtype, cfg.compile, memory)
     else:
-        stepper = _HFStepper(prior, prefix, cached=cfg.decoder == "hf")
+        stepper = _HFStepper(prior, prefix, cached=cfg.decoder == "hf", memory=memory)
         if dtype != torch.float32:
             autocast = torch.autocast(cond.device.type, dtype=dtype)
     out = torch.zeros(b, n, dtype=torch.long, device=cond.device)

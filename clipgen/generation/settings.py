@@ -99,8 +99,10 @@ def build_generator(cfg: DictConfig, device: torch.device) -> TextToImage:
                              "clip.pretrained=) and prior= together; or give bundle=<folder>")
         arch = vqgan_arch_setting(cfg.vqgan_arch, cfg) if cfg.get("vqgan_arch") else None
         return TextToImage.from_files(cfg.vqgan, cfg.clip.arch, cfg.clip.get("pretrained"),
-                                      cfg.prior, device, vqgan_arch=arch)
-    return TextToImage.from_bundle(cfg.get("bundle") or default_bundle(), device)
+                                      cfg.prior, device, vqgan_arch=arch,
+                                      condition=cfg.get("condition"))
+    return TextToImage.from_bundle(cfg.get("bundle") or default_bundle(), device,
+                                   condition=cfg.get("condition"))
 
 
 def method_settings(cfg: DictConfig) -> dict:

@@ -19,6 +19,30 @@ from clipgen.models.vqgan import VQGAN, load_vqgan
 
 
 @dataclass
+class Conditions:
+    """What B prompts (or images) condition: `clip`, their (B, D) CLIP embeddings (what samples
+    are reranked against, and what CLIP-guided methods follow), and `prior`, what the prior
+    reads (the same embeddings, or (B, L) caption token ids for a caption-conditioned
+    prior)."""
+
+    clip: torch.Tensor
+    prior: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.clip)
+
+    def to(self, device: torch.device) -> Conditions:
+        return Conditions(self.clip.to(device), self.prior.to(device))
+
+    def repeat_interleave(self, repeats: int) -> Conditions:
+        return Conditions(self.clip.repeat_interleave(repeats, dim=0),
+                          self.prior.repeat_interleave(repeats, dim=0))
+
+    def __getitem__(self, rows: slice) -> Conditions:
+        return Conditions(self.clip[rows], self.prior[rows])
+
+
+@dataclass
 class Generation:
     """Images kept for one condition, best CLIP score first."""
 
@@ -38,23 +62,31 @@ class TextToImage:
         self.prior = prior.to(self.device).eval()
 
     @classmethod
-    def from_bundle(cls, folder: str | Path, device: str | torch.device = "cpu") -> TextToImage:
-        """Load `vqgan`, `clip` and `prior` exports (safetensors + yaml) from one folder."""
+    def from_bundle(cls, folder: str | Path, device: str | torch.device = "cpu",
+                    condition: str | None = None) -> TextToImage:
+        """Load `vqgan`, `clip` and `prior` exports (safetensors + yaml) from one folder; with
+        `condition`, refuse a prior trained on another conditioning."""
         folder = Path(folder)
         check_bundle(folder)
         clip_arch, clip_weights = bundle_clip(folder)
         return cls.from_files(folder / "vqgan.safetensors", clip_arch, clip_weights,
-                              folder / "prior.safetensors", device)
+                              folder / "prior.safetensors", device, condition=condition)
 
     @classmethod
     def from_files(cls, vqgan: str | Path, clip_arch: str, clip_weights: str | Path | None,
                    prior: str | Path, device: str | torch.device = "cpu",
-                   vqgan_arch: Mapping[str, Any] | None = None) -> TextToImage:
+                   vqgan_arch: Mapping[str, Any] | None = None,
+                   condition: str | None = None) -> TextToImage:
         """Load each piece from its own file (checkpoints or exports); `vqgan_arch` is the
         architecture of a VQGAN file that does not carry it (a taming checkpoint)."""
         vq = load_vqgan(vqgan, vqgan_arch)
         clip = FrozenCLIP(clip_arch, str(clip_weights) if clip_weights else None)
-        return cls(vq, clip, load_prior(prior, vq, clip), device)
+        return cls(vq, clip, load_prior(prior, vq, clip, condition), device)
+
+    @property
+    def condition(self) -> str:
+        """The prior's conditioning: clip_image, clip_text or text."""
+        return self.prior.config.condition
 
     def _previewer(self, show: Callable[[torch.Tensor], None]
                    ) -> Callable[[int, torch.Tensor], None]:
@@ -78,16 +110,27 @@ class TextToImage:
                 "prior": fingerprint(self.prior)}
 
     @torch.no_grad()
-    def text_conditions(self, prompts: Sequence[str]) -> torch.Tensor:
-        return self.clip.encode_text(list(prompts))
+    def text_conditions(self, prompts: Sequence[str]) -> Conditions:
+        """The conditions of text prompts, for this prior's conditioning."""
+        prompts = list(prompts)
+        emb = self.clip.encode_text(prompts)
+        if not self.prior.config.reads_captions:
+            return Conditions(emb, emb)
+        return Conditions(emb, self.prior.prompt_condition(prompts, self.clip).to(self.device))
 
     @torch.no_grad()
-    def image_conditions(self, images: torch.Tensor) -> torch.Tensor:
-        """(N, 3, H, W) images in [-1, 1] to conditions (variations of those images)."""
-        return self.clip.encode_image(images.to(self.device))
+    def image_conditions(self, images: torch.Tensor) -> Conditions:
+        """(N, 3, H, W) images in [-1, 1] to conditions (variations of those images); a
+        caption-conditioned prior has no image path and refuses."""
+        if self.prior.config.reads_captions:
+            raise ValueError("this prior was trained on caption tokens (condition=text): it "
+                             "reads text, not images, so it cannot make variations of an image. "
+                             "Give prompts, or use a CLIP-conditioned bundle for image=")
+        emb = self.clip.encode_image(images.to(self.device))
+        return Conditions(emb, emb)
 
     @torch.no_grad()
-    def generate(self, cond: torch.Tensor, n_candidates: int = 1, keep: int = 1,
+    def generate(self, cond: Conditions, n_candidates: int = 1, keep: int = 1,
                  sampling: SamplingConfig | None = None, seed: int = 0, batch_size: int = 16,
                  progress: bool = False,
                  on_preview: Callable[[torch.Tensor], None] | None = None
@@ -99,17 +142,18 @@ class TextToImage:
         if keep > n_candidates:
             raise ValueError(f"keep ({keep}) cannot exceed n_candidates ({n_candidates})")
         cond = cond.to(self.device)
-        rows = cond.repeat_interleave(n_candidates, dim=0)
+        rows = cond.repeat_interleave(n_candidates)
         gen = torch.Generator(device=self.device).manual_seed(seed)
         images, cosines = [], []
         for start in tqdm(range(0, len(rows), batch_size), disable=not progress,
                           desc="sampling", unit="batch"):
             chunk = rows[start:start + batch_size]
             on_token = self._previewer(on_preview) if on_preview else None
-            tokens = sample_tokens(self.prior, chunk, sampling, generator=gen, on_token=on_token)
+            tokens = sample_tokens(self.prior, chunk.prior, sampling, generator=gen,
+                                   on_token=on_token)
             decoded = self.vqgan.decode_tokens(tokens).clamp(-1, 1)
             images.append(decoded.cpu())
-            cosines.append((self.clip.encode_image(decoded) * chunk).sum(-1).cpu())
+            cosines.append((self.clip.encode_image(decoded) * chunk.clip).sum(-1).cpu())
         all_images = torch.cat(images).view(len(cond), n_candidates, *images[0].shape[1:])
         all_cos = torch.cat(cosines).view(len(cond), n_candidates)
         best = rerank(all_cos, keep)

@@ -18,6 +18,7 @@ from clipgen.data.datamodule import collate_samples
 from clipgen.data.precomputed import check_vocab_fits, write_cache_part
 from clipgen.data.skips import describe_skips, skip_summary
 from clipgen.distributed import process_rank
+from clipgen.models.caption_tokens import CaptionTokenizer
 from clipgen.models.clip import FrozenCLIP
 from clipgen.models.encoders import encode_batch, encoder_identity
 from clipgen.models.vqgan import VQGAN, load_vqgan
@@ -25,14 +26,60 @@ from clipgen.models.vqgan import VQGAN, load_vqgan
 log = logging.getLogger(__name__)
 
 
+def batch_captions(batch: dict, per_image: int) -> list[list[str]]:
+    """Up to `per_image` non-empty captions of each image of a batch: its "captions" where the
+    reader gives several, else its "caption". An image without any is an error naming it."""
+    rows = batch.get("captions") or [[c] for c in batch["caption"]]
+    out = []
+    for key, texts in zip(batch.get("key", ["?"] * len(rows)), rows):
+        texts = [t.strip() for t in texts if t and t.strip()][:per_image]
+        if not texts:
+            raise ValueError(f"image {key} has no caption, and a cache with captions needs one "
+                             "for every image: let the reader skip uncaptioned samples "
+                             "(require_caption=true) or set captions_per_image=0")
+        out.append(texts)
+    return out
+
+
+@torch.no_grad()
+def encode_captions(rows: list[list[str]], tokenizer: CaptionTokenizer, clip: FrozenCLIP,
+                    per_image: int) -> tuple[np.ndarray, np.ndarray]:
+    """(B, K, L) caption ids (all-padding rows where an image has fewer than K captions) and
+    (B, K, D) CLIP text embeddings (zero there)."""
+    flat = [t for texts in rows for t in texts]
+    ids = tokenizer.encode(flat).numpy()
+    emb = clip.encode_text(flat).float().cpu().numpy()
+    out_ids = np.full((len(rows), per_image, tokenizer.length), tokenizer.pad_id, np.int64)
+    out_emb = np.zeros((len(rows), per_image, emb.shape[1]), np.float32)
+    i = 0
+    for r, texts in enumerate(rows):
+        out_ids[r, :len(texts)] = ids[i:i + len(texts)]
+        out_emb[r, :len(texts)] = emb[i:i + len(texts)]
+        i += len(texts)
+    return out_ids, out_emb
+
+
 def encode_to_cache(batches: Iterable[dict], vqgan: VQGAN, clip: FrozenCLIP,
                     out_dir: str | Path, rank: int = 0, flip: bool = True,
-                    device: str | torch.device = "cpu", total: int | None = None) -> Path:
-    """Encode every batch (dicts with "image") and write this process's part of the cache."""
+                    device: str | torch.device = "cpu", total: int | None = None,
+                    captions_per_image: int = 0, caption_length: int = 64) -> Path:
+    """Encode every batch (dicts with "image") and write this process's part of the cache;
+    with `captions_per_image` > 0, also up to that many captions per image (token ids and
+    CLIP text embeddings), for the supervised priors."""
     identity = encoder_identity(vqgan, clip)
     check_vocab_fits(identity["vocab_size"])
+    meta: dict = {**identity, "flip": flip}
+    tokenizer = None
+    if captions_per_image > 0:
+        if flip:
+            raise ValueError("a cache with captions cannot store flipped images: a flipped image "
+                             "contradicts a caption that names left or right. Set flip=false")
+        tokenizer = CaptionTokenizer(caption_length)
+        meta["captions"] = {**tokenizer.record(), "per_image": captions_per_image}
     tokens: list[np.ndarray] = []
     conds: list[np.ndarray] = []
+    caption_ids: list[np.ndarray] = []
+    caption_conds: list[np.ndarray] = []
     for batch in tqdm(batches, desc=f"precompute part {rank}", total=total):
         if not batch:
             continue
@@ -41,7 +88,14 @@ def encode_to_cache(batches: Iterable[dict], vqgan: VQGAN, clip: FrozenCLIP,
             t, c = encode_batch(view, vqgan, clip)
             tokens.append(t.cpu().numpy())
             conds.append(c.cpu().numpy())
-    return write_cache_part(tokens, conds, {**identity, "flip": flip}, out_dir, rank)
+        if tokenizer is not None:
+            ids, emb = encode_captions(batch_captions(batch, captions_per_image), tokenizer,
+                                       clip, captions_per_image)
+            caption_ids.append(ids)
+            caption_conds.append(emb)
+    return write_cache_part(tokens, conds, meta, out_dir, rank,
+                            caption_ids if tokenizer else None,
+                            caption_conds if tokenizer else None)
 
 
 def once_through(data: DictConfig) -> DictConfig:
@@ -85,7 +139,9 @@ def run_precompute(cfg: DictConfig) -> list[Path]:
                             collate_fn=collate_samples)
         total = len(loader) if not isinstance(dataset, IterableDataset) else None
         part = encode_to_cache(loader, vqgan, clip, Path(cfg.cache_dir) / split, rank=rank,
-                               flip=cfg.flip, device=device, total=total)
+                               flip=cfg.flip, device=device, total=total,
+                               captions_per_image=cfg.captions_per_image,
+                               caption_length=cfg.caption_length)
         log.info("wrote %s; %s", part, describe_skips(skip_summary([dataset.dataset if
                                                                     isinstance(dataset, Subset)
                                                                     else dataset])))

@@ -1,4 +1,5 @@
-"""Stage 2: the CLIP-conditioned GPT-2 prior as a LightningModule."""
+"""Stage 2: the GPT-2 prior as a LightningModule, for each conditioning (CLIP image embeddings,
+CLIP text embeddings of captions, caption tokens)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from clipgen.lit.base import ClipgenModule
 from clipgen.lit.optim import adamw_with_schedule, decay_groups
 from clipgen.models.clip import FrozenCLIP
 from clipgen.models.encoders import check_identity, encode_batch, encoder_identity
-from clipgen.models.prior import CLIPPrior, PriorConfig
+from clipgen.models.prior import CLIP_CONDITIONS, CLIPPrior, PriorConfig
 from clipgen.models.vqgan import VQGAN
 
 
@@ -55,6 +56,16 @@ def null_condition_mask(batch: int, rate: float, device: torch.device | str = "c
     if rate <= 0:
         return None
     return torch.rand(batch, generator=generator, device=device) < rate
+
+
+def draw_captions(captions: torch.Tensor, pad_id: int = 0,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """One caption index per row of (B, K, L) caption ids, uniform over each row's captions
+    (rows of padding alone are not captions)."""
+    present = (captions[:, :, 0] != pad_id).float()
+    if not bool(present.sum(1).all()):
+        raise ValueError("an image of the batch has no caption")
+    return torch.multinomial(present, 1, generator=generator).squeeze(1)
 
 
 def relaxed_one_hot(logits: torch.Tensor, relaxation: str, tau: float = 1.0) -> torch.Tensor:
@@ -104,6 +115,9 @@ class PriorModule(ClipgenModule):
             if self.identity[key] != value:
                 raise ValueError(f"prior {key}={value} but the encoders give "
                                  f"{self.identity[key]}")
+        if prior.reads_captions and train.cond_noise > 0:
+            raise ValueError("cond_noise perturbs CLIP embeddings, and a caption-conditioned "
+                             "prior (condition=text) reads none: set model.train.cond_noise=0")
         self.prior = CLIPPrior(prior)
         if train.activation_checkpointing:
             self.prior.gpt.gradient_checkpointing_enable(
@@ -123,16 +137,49 @@ class PriorModule(ClipgenModule):
         for ds in (getattr(dm, "train_set", None), getattr(dm, "val_set", None)):
             if isinstance(ds, PrecomputedDataset):
                 check_identity(ds.meta, self.identity, "precomputed cache")
+                self.check_cache_captions(ds.meta)
+
+    def check_cache_captions(self, meta: dict[str, Any]) -> None:
+        """A prior trained on captions needs a cache that holds them, in its tokenizer."""
+        config = self.prior.config
+        if config.condition == "clip_image":
+            return
+        if "captions" not in meta:
+            raise ValueError(f"condition={config.condition} trains on captions, and this cache "
+                             "has none: rebuild it with precompute.py captions_per_image=<K> "
+                             "flip=false")
+        wanted = self.prior.tokenizer.record() if self.prior.tokenizer else None
+        found = {k: meta["captions"][k] for k in ("tokenizer", "length")}
+        if wanted is not None and found != wanted:
+            raise ValueError(f"the cache's captions are {found}, the prior reads {wanted}: set "
+                             f"model.prior.caption_length={found['length']} or rebuild the "
+                             "cache with caption_length=" + str(wanted["length"]))
 
     def on_validation_start(self) -> None:
         self.encoders.to(self.device)
 
-    def targets(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """(tokens, condition) from a precomputed batch, or by encoding its images now."""
+    def targets(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(tokens, what the prior reads, CLIP image embeddings) from a precomputed batch, or
+        by encoding its images (and captions) now. Where an image has several captions, one is
+        drawn per visit."""
+        condition = self.prior.config.condition
         if "tokens" in batch:
-            return batch["tokens"].long(), batch["cond"].float()
-        tokens, cond = encode_batch(batch["image"], self.encoders.vqgan, self.encoders.clip)
-        return tokens, cond
+            tokens, image_emb = batch["tokens"].long(), batch["cond"].float()
+            if condition == "clip_image":
+                return tokens, image_emb, image_emb
+            if "captions" not in batch:
+                raise ValueError(f"condition={condition} needs a cache with captions")
+            pick = draw_captions(batch["captions"])
+            rows = torch.arange(len(pick), device=pick.device)
+            if condition == "clip_text":
+                return tokens, batch["caption_cond"][rows, pick].float(), image_emb
+            return tokens, batch["captions"][rows, pick].long(), image_emb
+        tokens, image_emb = encode_batch(batch["image"], self.encoders.vqgan, self.encoders.clip)
+        if condition == "clip_image":
+            return tokens, image_emb, image_emb
+        with torch.no_grad():
+            cond = self.prior.prompt_condition(list(batch["caption"]), self.encoders.clip)
+        return tokens, cond.to(self.device), image_emb
 
     # --- objective ----------------------------------------------------------------------
     def embedding_loss(self, logits: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
@@ -147,15 +194,17 @@ class PriorModule(ClipgenModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
         if not batch:  # every sample of this batch was unreadable (skipped and counted)
             return None
-        tokens, cond = self.targets(batch)
+        tokens, cond, image_emb = self.targets(batch)
         null_mask = null_condition_mask(len(tokens), self.cfg.cond_drop, self.device)
-        logits = self.prior(perturb_condition(cond, self.cfg.cond_noise), tokens, null_mask)
+        if self.prior.config.condition in CLIP_CONDITIONS:
+            cond = perturb_condition(cond, self.cfg.cond_noise)
+        logits = self.prior(cond, tokens, null_mask)
         ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens.reshape(-1))
         loss = ce
         if self.cfg.emb_loss_weight > 0:
             keep = ~null_mask if null_mask is not None else slice(None)
             if null_mask is None or keep.any():
-                emb = self.embedding_loss(logits[keep], cond[keep])
+                emb = self.embedding_loss(logits[keep], image_emb[keep])
                 loss = loss + self.cfg.emb_loss_weight * emb
                 self.log("train/emb_loss", emb)
         self.log_dict({"train/loss": loss, "train/token_loss": ce}, prog_bar=True)
@@ -164,7 +213,7 @@ class PriorModule(ClipgenModule):
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         if not batch:  # every sample of this batch was unreadable (skipped and counted)
             return None
-        tokens, cond = self.targets(batch)
+        tokens, cond, _ = self.targets(batch)
         logits = self.prior(cond, tokens)
         ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens.reshape(-1))
         acc = (logits.argmax(-1) == tokens).float().mean()
@@ -178,15 +227,15 @@ class PriorModule(ClipgenModule):
 
     @torch.no_grad()
     def sample_images(self, prompts: list[str], seed: int = 0) -> torch.Tensor:
-        """Decode one sample per prompt through the text encoder (the inference path)."""
-        cond = self.encoders.clip.encode_text(prompts)
+        """Decode one sample per prompt from its text (the inference path)."""
+        cond = self.prior.prompt_condition(prompts, self.encoders.clip)
         gen = torch.Generator(device=self.device).manual_seed(seed)
         tokens = sample_tokens(self.prior, cond, self.sampling, generator=gen)
         return self.encoders.vqgan.decode_tokens(tokens).clamp(-1, 1)
 
     def configure_optimizers(self) -> dict:
         groups = decay_groups(self.prior.named_parameters(), self.cfg.weight_decay,
-                              exclude=("null_prefix",))
+                              exclude=("null_prefix", "start"))
         return adamw_with_schedule(groups, self.cfg.lr, tuple(self.cfg.betas),
                                    self.cfg.warmup_steps, self.cfg.max_steps)
 
