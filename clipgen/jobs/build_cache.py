@@ -80,6 +80,7 @@ def encode_to_cache(batches: Iterable[dict], vqgan: VQGAN, clip: FrozenCLIP,
     conds: list[np.ndarray] = []
     caption_ids: list[np.ndarray] = []
     caption_conds: list[np.ndarray] = []
+    cut = 0
     for batch in tqdm(batches, desc=f"precompute part {rank}", total=total):
         if not batch:
             continue
@@ -89,10 +90,14 @@ def encode_to_cache(batches: Iterable[dict], vqgan: VQGAN, clip: FrozenCLIP,
             tokens.append(t.cpu().numpy())
             conds.append(c.cpu().numpy())
         if tokenizer is not None:
-            ids, emb = encode_captions(batch_captions(batch, captions_per_image), tokenizer,
-                                       clip, captions_per_image)
+            texts = batch_captions(batch, captions_per_image)
+            cut += tokenizer.too_long([t for row in texts for t in row])
+            ids, emb = encode_captions(texts, tokenizer, clip, captions_per_image)
             caption_ids.append(ids)
             caption_conds.append(emb)
+    if cut:
+        log.warning("%d caption(s) longer than %d bytes were cut short: raise caption_length to "
+                    "keep them whole", cut, caption_length - 1)
     return write_cache_part(tokens, conds, meta, out_dir, rank,
                             caption_ids if tokenizer else None,
                             caption_conds if tokenizer else None)

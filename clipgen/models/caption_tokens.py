@@ -32,6 +32,10 @@ class CaptionTokenizer:
                               max_length=self.length, return_tensors="pt")
         return out.input_ids
 
+    def too_long(self, captions: Sequence[str]) -> int:
+        """How many of the captions `encode` cuts short (more than `length - 1` bytes)."""
+        return sum(len(c.encode("utf-8")) > self.length - 1 for c in captions)
+
     def decode(self, ids: torch.Tensor) -> list[str]:
         """The captions of (B, length) id rows (padding and end tokens dropped)."""
         return self._tokenizer.batch_decode(ids.tolist(), skip_special_tokens=True)

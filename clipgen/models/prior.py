@@ -38,7 +38,6 @@ from clipgen.models.clip import FrozenCLIP
 from clipgen.models.encoders import check_identity, encoder_identity
 from clipgen.models.vqgan import VQGAN
 
-
 CONDITIONS = ("clip_image", "clip_text", "text")
 CLIP_CONDITIONS = ("clip_image", "clip_text")
 
