@@ -85,7 +85,7 @@ def test_every_experiment_runs_on_shards(tmp_path):
 
     export_shapes(tmp_path, 8, image_size=16, shard_size=4, progress=False)
     for name in EXPERIMENTS:
-        if name in ("shapes_prior", "coco_gpt2_medium"):
+        if _compose([f"experiment={name}"]).stage.name == "prior":
             continue  # stage 2 trains from the precomputed cache, not from shards
         cfg = _compose([f"experiment={name}", "data=webdataset",
                         f"data.train.urls='{tmp_path}/{{00000..00001}}.tar'", "resolution=16"])
@@ -110,3 +110,45 @@ def test_precompute_from_shards_encodes_each_image_once(tmp_path):
     assert cfg.data.train.resampled  # as configured for training; precompute reads once
     run_precompute(cfg)
     assert len(PrecomputedDataset(tmp_path / "cache" / "train")) == 2 * 14  # with flips
+
+
+@pytest.mark.parametrize("name", ["coco_gpt2_medium_text", "coco_gpt2_medium_clip_text"])
+def test_coco_caption_priors_precompute_and_train_on_tiny_data(name, tmp_path, monkeypatch):
+    """The real-data supervised experiments, shrunk: COCO-layout shards (every caption in the
+    JSON) and a val2014 folder, the caption cache, then a few training steps."""
+    from clipgen.data.coco_shards import shard_pattern, write_coco_shards
+    from clipgen.data.precomputed import PrecomputedDataset
+    from clipgen.jobs.build_cache import run_precompute
+    from clipgen.jobs.training import run_training
+    from clipgen.models.caption_tokens import CaptionTokenizer
+    from tests.helpers import CLIP_ARCH, write_tiny_bundle
+    from tests.test_readers import _fake_coco
+
+    bundle = write_tiny_bundle(tmp_path / "bundle")
+    ann = _fake_coco(tmp_path / "coco", n_images=6, per_image=3)
+    write_coco_shards(ann, tmp_path / "coco" / "val2014", tmp_path / "shards", shard_size=3,
+                      progress=False)
+    monkeypatch.setenv("COCO_ROOT", str(tmp_path / "coco"))
+    monkeypatch.setenv("COCO_SHARDS", shard_pattern(tmp_path / "shards", 2))
+    common = [f"experiment={name}", "data=coco", "resolution=16", "trainer=cpu", "~logger",
+              "data.num_workers=0", "data.pin_memory=false", "data.batch_size=4",
+              "data.val.num_samples=4", "data.train.shuffle_buffer=0",
+              f"model.tokenizer.path={bundle / 'vqgan.safetensors'}", "model.tokenizer.arch=null",
+              f"model.clip.arch={CLIP_ARCH}", f"model.clip.pretrained={bundle / 'clip.safetensors'}",
+              "model.prior.n_layer=1", "model.prior.n_embd=32", "model.prior.n_head=2",
+              "model.prior.text_layers=1", "model.train.emb_loss_weight=0.0",
+              f"cache_dir={tmp_path / 'cache'}"]
+    with initialize_config_dir(str(CONFIGS), version_base="1.3"):
+        pre = compose("precompute", overrides=[*common, "captions_per_image=5", "flip=false",
+                                               "batch_size=4"])
+        train = compose("train", overrides=[*common, "trainer.max_steps=3",
+                                            "trainer.val_check_interval=3",
+                                            "trainer.limit_val_batches=1",
+                                            f"run_dir={tmp_path / 'run'}"])
+    run_precompute(pre)
+    rows = PrecomputedDataset(tmp_path / "cache" / "train")
+    assert len(rows) == 6 and rows.meta["captions"]["length"] == 128
+    texts = CaptionTokenizer(128).decode(rows[0]["captions"])
+    assert texts[3:] == ["", ""] and texts[:3] == [t for t in texts[:3] if t.startswith("image")]
+    trainer = run_training(train)
+    assert trainer.global_step == 3 and (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
