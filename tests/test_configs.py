@@ -134,7 +134,8 @@ def test_coco_caption_priors_precompute_and_train_on_tiny_data(name, tmp_path, m
               "data.num_workers=0", "data.pin_memory=false", "data.batch_size=4",
               "data.val.num_samples=4", "data.train.shuffle_buffer=0",
               f"model.tokenizer.path={bundle / 'vqgan.safetensors'}", "model.tokenizer.arch=null",
-              f"model.clip.arch={CLIP_ARCH}", f"model.clip.pretrained={bundle / 'clip.safetensors'}",
+              f"model.clip.arch={CLIP_ARCH}",
+              f"model.clip.pretrained={bundle / 'clip.safetensors'}",
               "model.prior.n_layer=1", "model.prior.n_embd=32", "model.prior.n_head=2",
               "model.prior.text_layers=1", "model.train.emb_loss_weight=0.0",
               f"cache_dir={tmp_path / 'cache'}"]
