@@ -192,3 +192,31 @@ def test_a_bundle_of_one_conditioning_refuses_to_be_used_as_another(tmp_path):
     with pytest.raises(ValueError, match="CLIP embeddings, not caption token ids"):
         clip_pipe = TextToImage.from_bundle(clip_bundle)
         clip_pipe.prior(pipe.text_conditions(["a red circle"]).prior, torch.zeros(1, 64).long())
+
+
+def test_sample_py_and_the_suite_run_from_a_caption_bundle(tmp_path):
+    from hydra import compose, initialize_config_dir
+
+    from clipgen.evaluation.suite import run_suite
+    from clipgen.jobs.sample_run import run_sampling
+    from tests.test_sampling import ROOT
+
+    bundle = _text_bundle(tmp_path / "bundle")
+    with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
+        sample = compose("sample", overrides=[f"bundle={bundle}", "condition=text",
+                                              f"out_dir={tmp_path}/s", "n_candidates=2",
+                                              "samples_per_prompt=1",
+                                              "prompts=[a red circle,a blue star]"])
+        variation = compose("sample", overrides=[f"bundle={bundle}", f"out_dir={tmp_path}/v",
+                                                 f"image={ROOT / 'docs' / 'demo.png'}"])
+        suite = compose("eval", overrides=[f"bundle={bundle}", "suite.limit=4", "batch_size=2",
+                                           "suite.real.num_images=8", f"out_dir={tmp_path}/e",
+                                           f"reference_dir={tmp_path}/ref", "device=cpu"])
+    out = run_sampling(sample)
+    lines = (out / "samples.jsonl").read_text().splitlines()
+    assert len(lines) == 2 and (out / "001_a_blue_star" / "00.png").is_file()
+    with pytest.raises(ValueError, match="cannot make variations of an image"):
+        run_sampling(variation)
+    report = run_suite(suite)
+    assert report["generator"]["condition"] == "text"
+    assert report["metrics"]["attributes"]["all"]["color"]["n"] == 4

@@ -60,9 +60,9 @@ log = logging.getLogger(__name__)
 
 def generator_settings(cfg: DictConfig, pipe: TextToImage) -> dict[str, Any]:
     """What the images depend on, recorded in the folder's manifest: the method and its
-    settings, and the models by fingerprints of their weights (not by path: the shipped bundle
-    changes between releases, and a path can be overwritten)."""
-    return {"method": cfg.method, "model": pipe.fingerprints(),
+    settings, the models by fingerprints of their weights (not by path: the shipped bundle
+    changes between releases, and a path can be overwritten) and the prior's conditioning."""
+    return {"method": cfg.method, "model": pipe.fingerprints(), "condition": pipe.condition,
             "settings": method_settings(cfg), "n_candidates": cfg.n_candidates,
             "batch_size": cfg.batch_size, "seed": cfg.seed}
 

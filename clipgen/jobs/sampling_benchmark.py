@@ -65,8 +65,11 @@ def measure_machine(device: torch.device, dtypes: Sequence[str]) -> Machine:
 def time_sampling(prior: CLIPPrior, batch: int, sampling: SamplingConfig,
                   device: torch.device) -> float:
     """Seconds to sample every token of `batch` rows (VQGAN decoding excluded)."""
-    cond = torch.nn.functional.normalize(torch.randn(batch, prior.config.cond_dim,
-                                                     device=device), dim=-1)
+    if prior.tokenizer is not None:  # caption tokens (the caption encoder runs once, timed)
+        cond = prior.tokenizer.encode(["a small yellow star in the top left"] * batch).to(device)
+    else:
+        cond = torch.nn.functional.normalize(torch.randn(batch, prior.config.cond_dim,
+                                                         device=device), dim=-1)
     gen = torch.Generator(device=device).manual_seed(0)
     synchronize(device)
     start = time.perf_counter()
