@@ -6,7 +6,10 @@ with CLIP reranking, optimisation of the VQGAN latent (VQGAN-CLIP) and evolution
 
 Each method writes its suite folder under compare.out_root/<name> (resumable). Prints JSON and
 a markdown table: attribute accuracy, CLIP score, FD on CLIP features, seconds per image; and
-compare.out_root/accuracy.png, the attribute accuracy of every method side by side."""
+compare.out_root/accuracy.png, the attribute accuracy of every method side by side.
+
+Any set of runs can be compared the same way: `--config-name compare_conditionings
+bundles=<folder>` compares the three stage-2 conditionings (configs/compare_conditionings.yaml)."""
 
 from pathlib import Path
 

@@ -249,6 +249,9 @@ def suite_summary(report: dict[str, Any]) -> dict[str, Any]:
     return {"color": acc("all", "color"), "shape": acc("all", "shape"),
             "clean_outline": acc("all", "clean_outline"),
             "color_and_shape": acc("all", "color_and_shape"),
+            "size": acc("all", "size"), "position": acc("all", "position"),
+            "background": acc("all", "background"),
+            "heldout_shape": acc("heldout", "shape"),
             "heldout_color_and_shape": acc("heldout", "color_and_shape"),
             "clip_score_100": m.get("clip_score_100"), "fd_clip": m.get("fd_clip"),
             "seconds_per_image": report["timing"].get("seconds_per_image")}
