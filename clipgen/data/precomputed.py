@@ -81,10 +81,11 @@ class PrecomputedDataset(Dataset):
                                  "different encoders")
         self.tokens = [np.load(p / "tokens.npy", mmap_mode="r") for p in parts]
         self.cond = [np.load(p / "cond.npy", mmap_mode="r") for p in parts]
-        self.captions = self.caption_cond = None
+        # per part: (caption ids, caption embeddings), for a cache with captions
+        self.captions = None
         if "captions" in self.meta:
-            self.captions = [np.load(p / "captions.npy", mmap_mode="r") for p in parts]
-            self.caption_cond = [np.load(p / "caption_cond.npy", mmap_mode="r") for p in parts]
+            self.captions = [(np.load(p / "captions.npy", mmap_mode="r"),
+                              np.load(p / "caption_cond.npy", mmap_mode="r")) for p in parts]
         self.offsets = np.cumsum([0] + [len(t) for t in self.tokens])
 
     def __len__(self) -> int:
@@ -97,8 +98,8 @@ class PrecomputedDataset(Dataset):
         row = index - int(self.offsets[part])
         out = {"tokens": torch.from_numpy(self.tokens[part][row].astype(np.int64)),
                "cond": torch.from_numpy(self.cond[part][row].astype(np.float32))}
-        if self.captions is not None and self.caption_cond is not None:
-            out["captions"] = torch.from_numpy(self.captions[part][row].astype(np.int64))
-            out["caption_cond"] = torch.from_numpy(
-                self.caption_cond[part][row].astype(np.float32))
+        if self.captions is not None:
+            ids, emb = self.captions[part]
+            out["captions"] = torch.from_numpy(ids[row].astype(np.int64))
+            out["caption_cond"] = torch.from_numpy(emb[row].astype(np.float32))
         return out

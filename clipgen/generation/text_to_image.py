@@ -116,7 +116,7 @@ class TextToImage:
         emb = self.clip.encode_text(prompts)
         if not self.prior.config.reads_captions:
             return Conditions(emb, emb)
-        return Conditions(emb, self.prior.prompt_condition(prompts, self.clip).to(self.device))
+        return Conditions(emb, self.prior.prompt_condition(prompts, self.clip))
 
     @torch.no_grad()
     def image_conditions(self, images: torch.Tensor) -> Conditions:

@@ -179,7 +179,7 @@ class PriorModule(ClipgenModule):
             return tokens, image_emb, image_emb
         with torch.no_grad():
             cond = self.prior.prompt_condition(list(batch["caption"]), self.encoders.clip)
-        return tokens, cond.to(self.device), image_emb
+        return tokens, cond, image_emb
 
     # --- objective ----------------------------------------------------------------------
     def embedding_loss(self, logits: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:

@@ -104,6 +104,7 @@ class CLIPPrior(nn.Module):
         self.tokenizer: CaptionTokenizer | None = None
         if config.reads_captions:
             self.tokenizer = CaptionTokenizer(config.caption_length)
+            self.empty_caption = self.tokenizer.encode([""])  # the null condition's ids
             text_config = BertConfig(
                 vocab_size=self.tokenizer.vocab_size, hidden_size=config.n_embd,
                 num_hidden_layers=config.text_layers, num_attention_heads=config.n_head,
@@ -137,8 +138,7 @@ class CLIPPrior(nn.Module):
                              f"{tuple(cond.shape)} (a CLIP embedding?)")
         ids = cond
         if null_mask is not None:
-            empty = self.tokenizer.encode([""]).to(cond.device)
-            ids = torch.where(null_mask.view(-1, 1), empty, cond)
+            ids = torch.where(null_mask.view(-1, 1), self.empty_caption.to(cond.device), cond)
         mask = self.tokenizer.mask(ids)
         states = self.text_encoder(input_ids=ids, attention_mask=mask.long()).last_hidden_state
         return states, mask
