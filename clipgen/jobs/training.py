@@ -171,9 +171,12 @@ def run_training(cfg: DictConfig) -> pl.Trainer:
     print(f"precision: {precision} ({why})")
     log.info("precision: %s (%s)", precision, why)
     final = run_dir / "checkpoints" / "last.ckpt"
+    # No version counter: when the final step is also a validation step, ModelCheckpoint finds
+    # the last.ckpt FinalStepCheckpoint just wrote and must overwrite it, not add last-v1.ckpt.
     checkpoints = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True,
                                   every_n_train_steps=cfg.checkpoint_every_n_steps,
-                                  save_top_k=-1 if cfg.get("keep_all_checkpoints") else 1)
+                                  save_top_k=-1 if cfg.get("keep_all_checkpoints") else 1,
+                                  enable_version_counter=False)
     trainer: pl.Trainer = hydra.utils.instantiate(
         cfg.trainer, logger=loggers or False,
         callbacks=[checkpoints, LogSkippedSamples(), RunSummary(), FinalStepCheckpoint(final),
