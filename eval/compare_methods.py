@@ -9,7 +9,8 @@ a markdown table: attribute accuracy, CLIP score, FD on CLIP features, seconds p
 compare.out_root/accuracy.png, the attribute accuracy of every method side by side.
 
 Any set of runs can be compared the same way: `--config-name compare_conditionings
-bundles=<folder>` compares the three stage-2 conditionings (configs/compare_conditionings.yaml)."""
+compare.bundles=<folder>` compares the three stage-2 conditionings
+(configs/compare_conditionings.yaml)."""
 
 from pathlib import Path
 
@@ -24,13 +25,18 @@ from clipgen.jobs.benchmark import print_report
 from clipgen.jobs.entry import run_job
 
 
-def compare(cfg: DictConfig) -> list[dict]:
-    overrides = [o for o in HydraConfig.get().overrides.task
-                 if not o.lstrip("~+").startswith("compare.")]
-    rows, reports = [], {}
-    for name, method in cfg.compare.methods.items():
-        run_cfg = compose("eval", overrides=[*method, *overrides,
+def method_configs(cfg: DictConfig, overrides: list[str]) -> dict[str, DictConfig]:
+    """The eval config of each method: its own overrides, then the command line's (those of
+    `compare.*` left out: they belong to this script), writing to out_root/<name>."""
+    shared = [o for o in overrides if not o.lstrip("~+").startswith("compare.")]
+    return {name: compose("eval", overrides=[*method, *shared,
                                              f"out_dir={cfg.compare.out_root}/{name}"])
+            for name, method in cfg.compare.methods.items()}
+
+
+def compare(cfg: DictConfig) -> list[dict]:
+    rows, reports = [], {}
+    for name, run_cfg in method_configs(cfg, list(HydraConfig.get().overrides.task)).items():
         reports[name] = run_suite(run_cfg)
         rows.append({"method": name, **suite_summary(reports[name])})
     if any(r["metrics"].get("attributes") for r in reports.values()):

@@ -156,3 +156,23 @@ def test_coco_caption_priors_precompute_and_train_on_tiny_data(name, tmp_path, m
     assert trainer.global_step == 3
     # the last step is also a validation step: one last.ckpt, overwritten, not a last-v1.ckpt
     assert [p.name for p in (tmp_path / "run" / "checkpoints").glob("last*")] == ["last.ckpt"]
+
+
+def test_compare_conditionings_composes_one_eval_config_per_run():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "compare_methods", CONFIGS.parent / "eval" / "compare_methods.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    overrides = ["compare.bundles=/b", "suite.prompts.samples_per_combination=1"]
+    with initialize_config_dir(str(CONFIGS), version_base="1.3"):
+        cfg = compose("compare_conditionings", overrides=overrides)
+        runs = script.method_configs(cfg, overrides)
+    assert set(runs) == {f"{kind}_{c}" for kind in ("suite", "rerank")
+                         for c in ("clip_image", "clip_text", "text")}
+    for name, run in runs.items():
+        condition = name.split("_", 1)[1]
+        assert run.bundle == f"/b/bundle_{condition}" and run.out_dir == f"/b/{name}"
+        assert run.n_candidates == (8 if name.startswith("rerank") else 1)
+        assert run.suite.prompts.samples_per_combination == 1
