@@ -3,14 +3,15 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
+from open_clip.loss import ClipLoss
 from open_clip.transform import PreprocessCfg, image_transform_v2
 from PIL import Image
 
-from clipgen.data.datamodule import ImageTextDataModule
+from clipgen.data.datamodule import ImageTextDataModule, collate_samples
 from clipgen.data.shapes_dataset import ShapesDataset
 from clipgen.data.transforms import pil_to_tensor
 from clipgen.jobs.export import export_checkpoint
-from clipgen.lit.clip_module import CLIPModule
+from clipgen.lit.clip_module import CLIPModule, contrastive_loss
 from clipgen.metrics.zero_shot import retrieval_r1, zero_shot_prompts
 from clipgen.models.clip import FrozenCLIP
 
@@ -104,7 +105,7 @@ def test_a_few_steps_lower_the_contrastive_loss(tmp_path):
     def loss() -> float:
         with torch.no_grad():
             img, txt = module.embed(batch["image"], batch["caption"])
-            return module.loss_fn(img, txt, module.model.logit_scale.exp()).item()
+            return contrastive_loss(img, txt, module.model.logit_scale.exp()).item()
 
     start = loss()
     trainer = pl.Trainer(max_steps=25, accelerator="cpu", logger=False, enable_checkpointing=False,
@@ -122,6 +123,32 @@ def test_a_few_steps_lower_the_contrastive_loss(tmp_path):
         img, txt = module.embed(batch["image"][:4], batch["caption"][:4])
         assert torch.allclose(frozen.encode_image(batch["image"][:4]), img, atol=1e-5)
         assert torch.allclose(frozen.encode_text(batch["caption"][:4]), txt, atol=1e-5)
+
+
+def test_hard_negative_captions_join_every_image_candidates():
+    torch.manual_seed(0)
+    img = torch.nn.functional.normalize(torch.randn(6, 16), dim=-1)
+    txt = torch.nn.functional.normalize(img + 0.3 * torch.randn(6, 16), dim=-1)
+    scale = torch.tensor(20.0)
+    assert torch.isclose(contrastive_loss(img, txt, scale), ClipLoss()(img, txt, scale))
+    # a negative as close to image 0 as its own caption: image 0 can no longer tell them apart
+    hard = txt[:1].clone().requires_grad_()
+    raised = contrastive_loss(img, txt, scale, hard)
+    far = contrastive_loss(img, txt, scale, -img[:1])  # a negative no image resembles
+    base = contrastive_loss(img, txt, scale)
+    assert raised - base > 10 * (far - base) > 0
+    raised.backward()
+    assert hard.grad.abs().sum() > 0
+    # the module reads the batch's negative captions
+    module = CLIPModule("clipgen-shapes-vit-tiny", run_config={"model": {}})
+    module.log_dict = lambda *a, **k: None
+    data = ShapesDataset(8, negative_captions=3, negative_attributes=["position"])
+    batch = collate_samples([data[i] for i in range(8)])
+    with torch.no_grad():
+        with_negatives = module.training_step(batch, 0)
+        without = module.training_step({k: v for k, v in batch.items()
+                                        if k != "negative_captions"}, 0)
+    assert with_negatives > without
 
 
 def test_a_frozen_clip_without_weights_is_an_error_unless_asked_for():

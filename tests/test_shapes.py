@@ -1,4 +1,5 @@
 import itertools
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -171,3 +172,26 @@ def test_full_caption_rate_names_every_attribute_as_often_as_asked():
     assert 60 < changed < 110
     with pytest.raises(ValueError, match="full_caption_rate"):
         ShapesWorld(full_caption_rate=1.5)
+
+
+def test_negative_captions_change_one_attribute_the_caption_names():
+    world = ShapesWorld(seed=2)
+    hard = ("position", "size")
+    seen = set()
+    for i in range(150):
+        record, template = world.record(i)
+        named = mentioned_attributes(template)
+        pool = (named & set(hard)) or named
+        for negative in world.negative_captions(i, 3, prefer=hard):
+            changed = {(a, v) for a in ATTRIBUTE_VALUES for v in ATTRIBUTE_VALUES[a]
+                       if v != getattr(record, a)
+                       and caption(replace(record, **{a: v}), template) == negative}
+            assert changed and {a for a, _ in changed} <= pool, (template, negative)
+            seen |= {a for a, _ in changed}
+    assert seen == set(ATTRIBUTE_VALUES)  # captions naming neither fall back to what they name
+    assert world.negative_captions(7, 4) == ShapesWorld(seed=2).negative_captions(7, 4)
+    with pytest.raises(ValueError, match="unknown attribute"):
+        ShapesDataset(4, negative_captions=2, negative_attributes=["place"])
+    sample = ShapesDataset(4, negative_captions=2)[1]
+    negatives = sample["negative_captions"]
+    assert len(negatives) == 2 and sample["caption"] not in negatives

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -190,6 +190,16 @@ def prompt_for(attributes: Mapping[str, str]) -> str:
 Combination = Mapping[str, str]
 
 
+def check_attribute_names(names: Iterable[str]) -> tuple[str, ...]:
+    """The names, refused unless each is one of the five attributes."""
+    names = tuple(names)
+    unknown = sorted(set(names) - set(ATTRIBUTE_VALUES))
+    if unknown:
+        raise ValueError(f"unknown attribute(s) {unknown}; expected some of "
+                         f"{list(ATTRIBUTE_VALUES)}")
+    return names
+
+
 def matches_any(attributes: Mapping[str, str], combos: Iterable[Combination]) -> bool:
     """Whether the attributes contain every key/value of at least one combination."""
     return any(all(attributes.get(k) == v for k, v in c.items()) for c in combos)
@@ -287,6 +297,25 @@ class ShapesWorld:
         rng = np.random.default_rng([self.seed, SPLIT_IDS[self.split], index, 1])
         chosen = [others[i] for i in rng.permutation(len(others))[:count - 1]]
         return [caption(record, t) for t in [template, *chosen]]
+
+    def negative_captions(self, index: int, count: int,
+                          prefer: Sequence[str] = tuple(ATTRIBUTE_VALUES)) -> list[str]:
+        """`count` hard negatives of sample `index`'s caption: the same template with one
+        attribute it names set to another value (NegCLIP-style). The attribute is drawn from
+        those named that are in `prefer`, or from all named when the caption names none of
+        them (deterministic)."""
+        check_attribute_names(prefer)
+        record, template = self.record(index)
+        named = [a for a in ATTRIBUTE_VALUES if a in mentioned_attributes(template)]
+        pool = [a for a in named if a in prefer] or named
+        rng = np.random.default_rng([self.seed, SPLIT_IDS[self.split], index, 2])
+        out = []
+        for _ in range(count):
+            attr = pool[int(rng.integers(len(pool)))]
+            others = [v for v in ATTRIBUTE_VALUES[attr] if v != getattr(record, attr)]
+            changed = replace(record, **{attr: others[int(rng.integers(len(others)))]})
+            out.append(caption(changed, template))
+        return out
 
     def __getitem__(self, index: int) -> ShapesSample:
         record, template = self.record(index)

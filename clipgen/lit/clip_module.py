@@ -8,7 +8,6 @@ from typing import Any
 import open_clip
 import torch
 import torch.nn.functional as F
-from open_clip.loss import ClipLoss
 
 from clipgen.data.shapes import ATTRIBUTE_VALUES
 from clipgen.lit.base import ClipgenModule
@@ -17,6 +16,18 @@ from clipgen.metrics.zero_shot import retrieval_r1, zero_shot_accuracy
 from clipgen.models.clip import clip_preprocess, create_clip, preprocess_stats, tokenize_prompts
 
 MAX_LOGIT_SCALE = math.log(100.0)
+
+
+def contrastive_loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor,
+                     negatives: torch.Tensor | None = None) -> torch.Tensor:
+    """CLIP's symmetric InfoNCE over a batch of paired unit embeddings. Hard negative texts
+    (any number, shape (M, D)) join every image's candidates (NegCLIP); they are no queries of
+    their own."""
+    targets = torch.arange(len(img), device=img.device)
+    candidates = txt if negatives is None else torch.cat([txt, negatives])
+    image_to_text = F.cross_entropy(scale * img @ candidates.t(), targets)
+    text_to_image = F.cross_entropy(scale * txt @ img.t(), targets)
+    return (image_to_text + text_to_image) / 2
 
 
 class CLIPModule(ClipgenModule):
@@ -34,7 +45,6 @@ class CLIPModule(ClipgenModule):
         self.image_size, mean, std = preprocess_stats(self.model)
         self.register_buffer("mean", mean, persistent=False)
         self.register_buffer("std", std, persistent=False)
-        self.loss_fn = ClipLoss()
         self.lr, self.weight_decay = lr, weight_decay
         self.warmup_steps, self.max_steps = warmup_steps, max_steps
         self._val: list[tuple[torch.Tensor, torch.Tensor, list[str], dict | None]] = []
@@ -53,8 +63,12 @@ class CLIPModule(ClipgenModule):
         if not batch:  # every sample of this batch was unreadable (skipped and counted)
             return None
         img, txt = self.embed(batch["image"], batch["caption"])
+        negatives = None
+        if "negative_captions" in batch:  # hard negatives of each caption (data config)
+            flat = [c for per_image in batch["negative_captions"] for c in per_image]
+            negatives = F.normalize(self.model.encode_text(self.tokenize(flat)), dim=-1)
         scale = self.model.logit_scale.exp()
-        loss = self.loss_fn(img, txt, scale)
+        loss = contrastive_loss(img, txt, scale, negatives)
         self.log_dict({"train/loss": loss, "train/logit_scale": scale}, prog_bar=True)
         return loss
 
