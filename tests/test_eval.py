@@ -338,6 +338,14 @@ def test_shapes_prompts_and_attribute_accuracy():
     assert acc["all"]["shape"]["accuracy"] == 1.0
     assert acc["all"]["color"]["accuracy"] == pytest.approx(1 - 1 / 80)
     assert acc["heldout"]["color_and_shape"] == {"accuracy": 1.0, "n": 2}
+    # more prompts for the held-out combinations only; the seen prompts stay as they were
+    more = shapes_prompts(samples_per_combination=2, heldout_samples_per_combination=10,
+                          holdout=[{"color": "yellow", "shape": "triangle"}])
+    held = [p for p in more if p.group == "heldout"]
+    assert len(held) == 10 and {(p.attributes["color"], p.attributes["shape"])
+                                for p in held} == {("yellow", "triangle")}
+    assert len(more) == len(prompts) + 8
+    assert [p for p in more if p.group == "seen"] == [p for p in prompts if p.group == "seen"]
 
 
 def test_shapes_suite_writes_a_report_and_resumes(tmp_path):

@@ -22,25 +22,38 @@ class EvalPrompt:
     group: str = "all"
 
 
+def _shapes_prompt(rng: np.random.Generator, color: str, shape: str,
+                   extra_attribute_rate: float) -> dict[str, str]:
+    attrs = {"color": color, "shape": shape}
+    for key in ("size", "position", "background"):
+        value = str(rng.choice(ATTRIBUTE_VALUES[key]))
+        if rng.random() < extra_attribute_rate:
+            attrs[key] = value
+    return attrs
+
+
 def shapes_prompts(samples_per_combination: int = 8, extra_attribute_rate: float = 0.5,
-                   holdout: Iterable[Mapping[str, str]] = (), seed: int = 0) -> list[EvalPrompt]:
+                   holdout: Iterable[Mapping[str, str]] = (), seed: int = 0,
+                   heldout_samples_per_combination: int | None = None) -> list[EvalPrompt]:
     """Every colour x shape combination, `samples_per_combination` prompts each; every prompt
     names its colour and shape, and each of size, position and background with probability
     `extra_attribute_rate` (values drawn with a fixed seed). Combinations matching `holdout`
-    are grouped `heldout`, the others `seen`."""
+    are grouped `heldout`, the others `seen`. `heldout_samples_per_combination` sets the
+    held-out combinations' count apart: their first prompts and every seen prompt stay those
+    of the default, and the extra ones come from a stream of their own."""
     held = validate_combinations(holdout)
-    rng = np.random.default_rng(seed)
+    rng, extra_rng = np.random.default_rng(seed), np.random.default_rng([seed, 1])
     out = []
     for color in ATTRIBUTE_VALUES["color"]:
         for shape in ATTRIBUTE_VALUES["shape"]:
             group = "heldout" if matches_any({"color": color, "shape": shape}, held) else "seen"
-            for _ in range(samples_per_combination):
-                attrs = {"color": color, "shape": shape}
-                for key in ("size", "position", "background"):
-                    value = str(rng.choice(ATTRIBUTE_VALUES[key]))
-                    if rng.random() < extra_attribute_rate:
-                        attrs[key] = value
-                out.append(EvalPrompt(prompt_for(attrs), attrs, group))
+            drawn = [_shapes_prompt(rng, color, shape, extra_attribute_rate)
+                     for _ in range(samples_per_combination)]
+            if group == "heldout" and heldout_samples_per_combination is not None:
+                extra = max(0, heldout_samples_per_combination - samples_per_combination)
+                drawn = [*drawn, *(_shapes_prompt(extra_rng, color, shape, extra_attribute_rate)
+                                   for _ in range(extra))][:heldout_samples_per_combination]
+            out += [EvalPrompt(prompt_for(attrs), attrs, group) for attrs in drawn]
     return out
 
 
