@@ -165,7 +165,7 @@ def test_compare_conditionings_composes_one_eval_config_per_run():
         "compare_methods", CONFIGS.parent / "eval" / "compare_methods.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
-    overrides = ["compare.bundles=/b", "batch_size=4"]
+    overrides = ["compare.bundles=/b", "compare.rerank_candidates=4", "batch_size=4"]
     with initialize_config_dir(str(CONFIGS), version_base="1.3"):
         cfg = compose("compare_conditionings", overrides=overrides)
         runs = script.method_configs(cfg, overrides)
@@ -174,7 +174,7 @@ def test_compare_conditionings_composes_one_eval_config_per_run():
     for name, run in runs.items():
         kind, condition = name.split("_", 1)
         assert run.bundle == f"/b/bundle_{condition}" and run.out_dir == f"/b/{name}"
-        assert run.n_candidates == (8 if kind == "rerank" else 1) and run.batch_size == 4
+        assert run.n_candidates == (4 if kind == "rerank" else 1) and run.batch_size == 4
         held_only = kind == "heldout"
         assert run.suite.prompts.samples_per_combination == (0 if held_only else 8)
         assert run.suite.prompts.heldout_samples_per_combination == (64 if held_only else None)
