@@ -190,12 +190,13 @@ def prompt_for(attributes: Mapping[str, str]) -> str:
 Combination = Mapping[str, str]
 
 
-def check_attribute_names(names: Iterable[str]) -> tuple[str, ...]:
-    """The names, refused unless each is one of the five attributes."""
+def check_attribute_names(names: Iterable[str], where: str = "") -> tuple[str, ...]:
+    """The names, refused unless each is one of the five attributes (`where` says, in the
+    error, what named them)."""
     names = tuple(names)
     unknown = sorted(set(names) - set(ATTRIBUTE_VALUES))
     if unknown:
-        raise ValueError(f"unknown attribute(s) {unknown}; expected some of "
+        raise ValueError(f"unknown attribute(s) {unknown}{where}; expected some of "
                          f"{list(ATTRIBUTE_VALUES)}")
     return names
 
@@ -212,10 +213,8 @@ def validate_combinations(combos: Iterable[Combination]) -> list[dict[str, str]]
         c = dict(c)
         if not c:
             raise ValueError("an empty held-out combination would hold out every image")
+        check_attribute_names(c, f" in held-out combination {c}")
         for k, v in c.items():
-            if k not in ATTRIBUTE_VALUES:
-                raise ValueError(f"unknown attribute {k!r} in held-out combination {c}; "
-                                 f"expected one of {list(ATTRIBUTE_VALUES)}")
             if v not in ATTRIBUTE_VALUES[k]:
                 raise ValueError(f"unknown {k} {v!r} in held-out combination {c}; "
                                  f"expected one of {list(ATTRIBUTE_VALUES[k])}")
