@@ -13,7 +13,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig
 
-from clipgen.jobs.training import build_stage, trainer_precision
+from clipgen.jobs.training import build_stage, compiled_if_asked, trainer_precision
 
 
 class StepTimer(pl.Callback):
@@ -55,11 +55,12 @@ def measure_training(cfg: DictConfig, warmup: int, steps: int) -> dict[str, Any]
         cfg.trainer, max_steps=warmup + steps, limit_val_batches=0, logger=False,
         enable_checkpointing=False, enable_progress_bar=False, callbacks=[timer],
         precision=precision)
-    trainer.fit(module, datamodule=datamodule)
+    trainer.fit(compiled_if_asked(module, cfg), datamodule=datamodule)
     times = sorted(timer.times)
     median = times[len(times) // 2]
     batch = cfg.data.batch_size
-    row = {"stage": cfg.stage.name, "precision": precision, "batch_size": batch,
+    row = {"stage": cfg.stage.name, "precision": precision, "compile": bool(cfg.get("compile")),
+           "batch_size": batch,
            "steps_timed": len(times),
            "median_step_s": round(median, 4), "steps_per_s": round(1 / median, 3),
            "images_per_s": round(batch / median, 2)}

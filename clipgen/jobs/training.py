@@ -40,6 +40,12 @@ def build_stage(cfg: DictConfig) -> ClipgenModule:
     return module
 
 
+def compiled_if_asked(module: ClipgenModule, cfg: DictConfig) -> pl.LightningModule:
+    """`torch.compile(module)` when `cfg.compile` is set (Lightning fits the compiled module and
+    saves the original's weights), else `module` itself."""
+    return torch.compile(module) if cfg.get("compile") else module
+
+
 def trainer_precision(cfg: DictConfig) -> tuple[str, str]:
     """The Lightning precision `cfg.trainer` asks for (`auto` resolved for this hardware), and
     why."""
@@ -185,7 +191,7 @@ def run_training(cfg: DictConfig) -> pl.Trainer:
         plugins=[AtomicCheckpointIO()], default_root_dir=str(run_dir), **overrides)
     for each in loggers:
         each.log_hyperparams({**OmegaConf.to_container(cfg, resolve=True), "git": git_commit()})
-    model = torch.compile(module) if cfg.get("compile") else module
+    model = compiled_if_asked(module, cfg)
     # Resuming unpickles nothing but tensors and plain containers (weights_only=True).
     trainer.fit(model, datamodule=datamodule,
                 ckpt_path=resolve_ckpt_path(cfg.get("ckpt_path"), run_dir), weights_only=True)
