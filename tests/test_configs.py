@@ -158,17 +158,21 @@ def test_coco_caption_priors_precompute_and_train_on_tiny_data(name, tmp_path, m
     assert [p.name for p in (tmp_path / "run" / "checkpoints").glob("last*")] == ["last.ckpt"]
 
 
-def test_compare_conditionings_composes_one_eval_config_per_run():
+def _comparison_runs(config_name: str, overrides: list[str]) -> dict:
+    """The eval config of each run of eval/compare_methods.py under `config_name`."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location(
         "compare_methods", CONFIGS.parent / "eval" / "compare_methods.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
-    overrides = ["compare.bundles=/b", "compare.rerank_candidates=4", "batch_size=4"]
     with initialize_config_dir(str(CONFIGS), version_base="1.3"):
-        cfg = compose("compare_conditionings", overrides=overrides)
-        runs = script.method_configs(cfg, overrides)
+        return script.method_configs(compose(config_name, overrides=overrides), overrides)
+
+
+def test_compare_conditionings_composes_one_eval_config_per_run():
+    runs = _comparison_runs("compare_conditionings",
+                            ["compare.bundles=/b", "compare.rerank_candidates=4", "batch_size=4"])
     assert set(runs) == {f"{kind}_{c}" for kind in ("suite", "heldout", "rerank")
                          for c in ("clip_image", "clip_text", "text")}
     for name, run in runs.items():
@@ -178,3 +182,16 @@ def test_compare_conditionings_composes_one_eval_config_per_run():
         held_only = kind == "heldout"
         assert run.suite.prompts.samples_per_combination == (0 if held_only else 8)
         assert run.suite.prompts.heldout_samples_per_combination == (64 if held_only else None)
+
+
+def test_compare_emb_loss_runs_each_lambda_on_the_suite_and_the_heldout_combinations():
+    runs = _comparison_runs("compare_emb_loss", ["compare.bundles=/b"])
+    assert set(runs) == {f"{kind}_lambda{w}" for kind in ("suite", "heldout") for w in ("0", "0_2")}
+    for name, run in runs.items():
+        kind, weight = name.split("_", 1)
+        assert run.bundle == f"/b/bundle_{weight}" and run.out_dir == f"/b/{name}"
+        assert run.n_candidates == 1
+        held_only = kind == "heldout"
+        assert run.suite.prompts.samples_per_combination == (0 if held_only else 8)
+        assert run.suite.prompts.heldout_samples_per_combination == (64 if held_only else None)
+
