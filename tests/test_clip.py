@@ -3,16 +3,18 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
+import torch.nn.functional as F
 from open_clip.loss import ClipLoss
 from open_clip.transform import PreprocessCfg, image_transform_v2
 from PIL import Image
 
 from clipgen.data.datamodule import ImageTextDataModule, collate_samples
+from clipgen.data.shapes import ATTRIBUTE_VALUES, ShapesWorld
 from clipgen.data.shapes_dataset import ShapesDataset
 from clipgen.data.transforms import pil_to_tensor
 from clipgen.jobs.export import export_checkpoint
 from clipgen.lit.clip_module import CLIPModule, contrastive_loss
-from clipgen.metrics.zero_shot import retrieval_r1, zero_shot_prompts
+from clipgen.metrics.zero_shot import in_context_accuracy, retrieval_r1, zero_shot_prompts
 from clipgen.models.clip import FrozenCLIP
 
 
@@ -91,6 +93,27 @@ def test_zero_shot_prompts_cover_every_value():
     assert len(prompts["color"]) == 8 and "a red circle" in prompts["color"][0]
     assert "a star in the top left" in prompts["position"][0]
     assert all("shape" not in p for ens in prompts.values() for e in ens for p in e)
+
+
+def test_in_context_accuracy_varies_one_attribute_inside_the_true_prompt():
+    # a text encoder that gives every distinct prompt its own random direction, and images
+    # embedded as their full true prompt: only prompts naming the other attributes truly match
+    import zlib
+
+    from clipgen.data.shapes import prompt_for
+
+    def encode(prompts):
+        return torch.stack([F.normalize(torch.randn(256, generator=torch.Generator().manual_seed(
+            zlib.crc32(p.encode()))), dim=0) for p in prompts])
+
+    world = ShapesWorld(image_size=16)
+    records = [world.record(i)[0] for i in range(40)]
+    truth = {k: [getattr(r, k) for r in records] for k in ATTRIBUTE_VALUES}
+    images = encode([prompt_for({k: getattr(r, k) for k in ATTRIBUTE_VALUES}) for r in records])
+    assert in_context_accuracy(images, truth, encode) == {k: 1.0 for k in ATTRIBUTE_VALUES}
+    # and the measure can fail: read against the wrong records, the same images score low
+    shuffled = {k: v[1:] + v[:1] for k, v in truth.items()}
+    assert min(in_context_accuracy(images, shuffled, encode).values()) < 0.5
 
 
 def test_a_few_steps_lower_the_contrastive_loss(tmp_path):

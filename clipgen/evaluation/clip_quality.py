@@ -10,7 +10,7 @@ import torch
 
 from clipgen.data.shapes import ATTRIBUTE_VALUES
 from clipgen.data.shapes_dataset import ShapesDataset
-from clipgen.metrics.zero_shot import retrieval_r1, zero_shot_accuracy
+from clipgen.metrics.zero_shot import in_context_accuracy, retrieval_r1, zero_shot_accuracy
 from clipgen.models.clip import FrozenCLIP
 
 
@@ -18,8 +18,8 @@ from clipgen.models.clip import FrozenCLIP
 def shapes_clip_report(clip: FrozenCLIP, num_images: int = 1024, split: str = "val",
                        holdout: Sequence[Mapping[str, str]] = (), batch_size: int = 256
                        ) -> dict[str, Any]:
-    """Zero-shot accuracy of every Shapes attribute and retrieval R@1 over `num_images`
-    renders of `split`."""
+    """Zero-shot accuracy of every Shapes attribute (prompt ensembles, and in context: the
+    other attributes named truly) and retrieval R@1 over `num_images` renders of `split`."""
     data = ShapesDataset(num_images, image_size=clip.image_size, split=split,
                          holdout=[dict(h) for h in holdout])
     items = [data[i] for i in range(len(data))]
@@ -33,6 +33,8 @@ def shapes_clip_report(clip: FrozenCLIP, num_images: int = 1024, split: str = "v
     report: dict[str, Any] = {"split": split, "images": len(items)}
     report.update({f"zero_shot_{k}": round(v, 4)
                    for k, v in zero_shot_accuracy(image_emb, truth, clip.encode_text).items()})
+    report.update({f"in_context_{k}": round(v, 4)
+                   for k, v in in_context_accuracy(image_emb, truth, clip.encode_text).items()})
     i2t, t2i = retrieval_r1(image_emb, text_emb, captions)
     report.update(i2t_r1=round(i2t, 4), t2i_r1=round(t2i, 4))
     return report

@@ -38,6 +38,28 @@ def zero_shot_accuracy(image_emb: torch.Tensor, truth: dict[str, Sequence[str]],
     return out
 
 
+def in_context_accuracy(image_emb: torch.Tensor, truth: dict[str, Sequence[str]],
+                        encode_text: Callable[[list[str]], torch.Tensor]) -> dict[str, float]:
+    """Accuracy of each attribute read in context: for each image, the prompts name all five of
+    its attributes truly except one, which takes each of its values in turn; the image gets the
+    most similar. This is the question a prompt to the generator asks (the other words are
+    given), where `zero_shot_accuracy` averages over prompts with the other attributes wrong."""
+    n = len(image_emb)
+    records = [{k: truth[k][i] for k in ATTRIBUTE_VALUES} for i in range(n)]
+    prompts = sorted({prompt_for({**r, attr: v}) for r in records
+                      for attr, values in ATTRIBUTE_VALUES.items() for v in values})
+    emb = F.normalize(encode_text(prompts).float(), dim=-1).to(image_emb.device)
+    row = {p: i for i, p in enumerate(prompts)}
+    out = {}
+    for attr, values in ATTRIBUTE_VALUES.items():
+        right = 0
+        for i, record in enumerate(records):
+            rows = [row[prompt_for({**record, attr: v})] for v in values]
+            right += values[int((emb[rows] @ image_emb[i].float()).argmax())] == record[attr]
+        out[attr] = right / n
+    return out
+
+
 def retrieval_r1(image_emb: torch.Tensor, text_emb: torch.Tensor, captions: list[str]
                  ) -> tuple[float, float]:
     """Image-to-text and text-to-image recall@1 over paired embeddings. A retrieved item counts
