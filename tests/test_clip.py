@@ -8,6 +8,7 @@ from open_clip.loss import ClipLoss
 from open_clip.transform import PreprocessCfg, image_transform_v2
 from PIL import Image
 
+from clipgen.checkpoint import fingerprint
 from clipgen.data.datamodule import ImageTextDataModule, collate_samples
 from clipgen.data.shapes import ATTRIBUTE_VALUES, ShapesWorld
 from clipgen.data.shapes_dataset import ShapesDataset
@@ -146,6 +147,14 @@ def test_a_few_steps_lower_the_contrastive_loss(tmp_path):
         img, txt = module.embed(batch["image"][:4], batch["caption"][:4])
         assert torch.allclose(frozen.encode_image(batch["image"][:4]), img, atol=1e-5)
         assert torch.allclose(frozen.encode_text(batch["caption"][:4]), txt, atol=1e-5)
+    # stored in fp16: half the file, loaded back as fp32, a fingerprint of its own
+    halved = export_checkpoint(tmp_path / "clip.ckpt", tmp_path / "half", half=True)
+    assert halved.stat().st_size < 0.6 * exported.stat().st_size
+    frozen_half = FrozenCLIP(arch["arch"], pretrained=str(halved))
+    assert all(p.dtype == torch.float32 for p in frozen_half.parameters())
+    assert fingerprint(frozen_half) != fingerprint(frozen)
+    with torch.no_grad():
+        assert torch.allclose(frozen_half.encode_image(batch["image"][:4]), img, atol=1e-2)
 
 
 def test_hard_negative_captions_join_every_image_candidates():

@@ -52,11 +52,7 @@ def export_checkpoint(path: str | Path, out_dir: str | Path, use_ema: bool = Tru
     meta = clipgen_metadata(checkpoint, path)
     stage = meta["stage"]
     weights = stage_weights(checkpoint, stage, use_ema)
-    if half:
-        if stage != "prior":
-            raise ValueError(
-                f"--half applies to the prior only: a {stage} rounded to fp16 would no longer "
-                "match the fingerprint that priors trained with it record")
+    if half:  # a VQGAN or CLIP: before any cache or prior is made with it (see --half)
         weights = {k: v.half() if v.is_floating_point() else v for k, v in weights.items()}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -82,7 +78,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("out_dir", help="folder for <stage>.safetensors and <stage>.yaml")
     parser.add_argument("--no-ema", action="store_true", help="export raw, not EMA, weights")
     parser.add_argument("--half", action="store_true",
-                        help="store the prior's weights as fp16 (prior exports only)")
+                        help="store the weights as fp16 (loaders cast them back). For a VQGAN or "
+                        "CLIP, export it this way before precomputing a cache or training a prior "
+                        "with it: priors record the fingerprint of the encoder weights they were "
+                        "trained with and refuse any other, rounded copies included")
     args = parser.parse_args(argv)
     target = exit_on_user_error(lambda: export_checkpoint(
         args.checkpoint, args.out_dir, use_ema=not args.no_ema, half=args.half))
