@@ -154,7 +154,7 @@ def test_coco_caption_priors_precompute_and_train_on_tiny_data(name, tmp_path, m
     assert texts[3:] == ["", ""] and texts[:3] == [t for t in texts[:3] if t.startswith("image")]
     trainer = run_training(train)
     assert trainer.global_step == 3
-    # the last step is also a validation step: one last.ckpt, overwritten, not a last-v1.ckpt
+    # the last step is also a validation step: one last.ckpt, not a last-v1.ckpt beside it
     assert [p.name for p in (tmp_path / "run" / "checkpoints").glob("last*")] == ["last.ckpt"]
 
 

@@ -144,6 +144,25 @@ def test_killed_and_extended_runs_equal_an_uninterrupted_one(tmp_path):
     _assert_same_run(extended, whole)
 
 
+def test_a_run_ending_before_its_first_periodic_save_keeps_its_mid_epoch_end(tmp_path):
+    # 16 batches an epoch, 3 steps, periodic saves every 500: the end-of-run last.ckpt must be
+    # the one written mid-epoch, or a longer run resumed from it skips to the next epoch's data
+    from hydra import compose, initialize_config_dir
+
+    from clipgen.jobs.training import run_training
+
+    with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("train", overrides=[*TINY["vqgan"], *COMMON, "~logger",
+                                          "trainer.max_steps=3", "trainer.val_check_interval=3",
+                                          f"run_dir={tmp_path / 'run'}"])
+    assert cfg.checkpoint_every_n_steps > 3
+    run_training(cfg)
+    ckpt = load_torch_file(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    assert ckpt["global_step"] == 3 and ckpt["epoch"] == 0
+    assert ckpt["loops"]["fit_loop"]["epoch_progress"]["current"]["completed"] == 0
+    assert ckpt["ImageTextDataModule"] == {"epoch": 0, "batches": 3}
+
+
 def test_resumable_sampler_skips_what_was_done_and_splits_ranks():
     full = list(ResumableSampler(50, batch_size=4, seed=3))
     assert sorted(full) == list(range(50))

@@ -86,6 +86,16 @@ class FinalStepCheckpoint(pl.Callback):
             trainer.save_checkpoint(self.path, weights_only=False)
 
 
+class PeriodicCheckpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint without its end-of-training `last.ckpt`: that one is written
+    after the loops record the epoch as finished, and when no periodic save came before it
+    (a run shorter than `checkpoint_every_n_steps`) it would replace the mid-epoch one that
+    FinalStepCheckpoint (or `run_training`'s end) wrote."""
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        return None
+
+
 STEP_IN_NAME = re.compile(r"step=(\d+)")
 
 
@@ -177,12 +187,13 @@ def run_training(cfg: DictConfig) -> pl.Trainer:
     print(f"precision: {precision} ({why})")
     log.info("precision: %s (%s)", precision, why)
     final = run_dir / "checkpoints" / "last.ckpt"
-    # No version counter: when the final step is also a validation step, ModelCheckpoint finds
-    # the last.ckpt FinalStepCheckpoint just wrote and must overwrite it, not add last-v1.ckpt.
-    checkpoints = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True,
-                                  every_n_train_steps=cfg.checkpoint_every_n_steps,
-                                  save_top_k=-1 if cfg.get("keep_all_checkpoints") else 1,
-                                  enable_version_counter=False)
+    # No version counter: when the final step is also a periodic save, ModelCheckpoint finds
+    # the last.ckpt FinalStepCheckpoint just wrote (the same state) and must overwrite it, not
+    # add last-v1.ckpt.
+    checkpoints = PeriodicCheckpoint(dirpath=run_dir / "checkpoints", save_last=True,
+                                    every_n_train_steps=cfg.checkpoint_every_n_steps,
+                                    save_top_k=-1 if cfg.get("keep_all_checkpoints") else 1,
+                                    enable_version_counter=False)
     trainer: pl.Trainer = hydra.utils.instantiate(
         cfg.trainer, logger=loggers or False,
         callbacks=[checkpoints, LogSkippedSamples(), RunSummary(), FinalStepCheckpoint(final),
