@@ -1,3 +1,4 @@
+import zlib
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ from PIL import Image
 
 from clipgen.checkpoint import fingerprint
 from clipgen.data.datamodule import ImageTextDataModule, collate_samples
-from clipgen.data.shapes import ATTRIBUTE_VALUES, ShapesWorld
+from clipgen.data.shapes import ATTRIBUTE_VALUES, ShapesWorld, prompt_for
 from clipgen.data.shapes_dataset import ShapesDataset
 from clipgen.data.transforms import pil_to_tensor
 from clipgen.jobs.export import export_checkpoint
@@ -99,10 +100,6 @@ def test_zero_shot_prompts_cover_every_value():
 def test_in_context_accuracy_varies_one_attribute_inside_the_true_prompt():
     # a text encoder that gives every distinct prompt its own random direction, and images
     # embedded as their full true prompt: only prompts naming the other attributes truly match
-    import zlib
-
-    from clipgen.data.shapes import prompt_for
-
     def encode(prompts):
         return torch.stack([F.normalize(torch.randn(256, generator=torch.Generator().manual_seed(
             zlib.crc32(p.encode()))), dim=0) for p in prompts])

@@ -170,6 +170,14 @@ def _comparison_runs(config_name: str, overrides: list[str]) -> dict:
         return script.method_configs(compose(config_name, overrides=overrides), overrides)
 
 
+def _assert_prompt_counts(kind: str, run) -> None:
+    """Held-out runs sample 64 prompts for each held-out combination and no seen ones; the
+    others keep the suite's counts."""
+    held_only = kind == "heldout"
+    assert run.suite.prompts.samples_per_combination == (0 if held_only else 8)
+    assert run.suite.prompts.heldout_samples_per_combination == (64 if held_only else None)
+
+
 def test_compare_conditionings_composes_one_eval_config_per_run():
     runs = _comparison_runs("compare_conditionings",
                             ["compare.bundles=/b", "compare.rerank_candidates=4", "batch_size=4"])
@@ -179,9 +187,7 @@ def test_compare_conditionings_composes_one_eval_config_per_run():
         kind, condition = name.split("_", 1)
         assert run.bundle == f"/b/bundle_{condition}" and run.out_dir == f"/b/{name}"
         assert run.n_candidates == (4 if kind == "rerank" else 1) and run.batch_size == 4
-        held_only = kind == "heldout"
-        assert run.suite.prompts.samples_per_combination == (0 if held_only else 8)
-        assert run.suite.prompts.heldout_samples_per_combination == (64 if held_only else None)
+        _assert_prompt_counts(kind, run)
 
 
 def test_compare_emb_loss_runs_each_lambda_on_the_suite_and_the_heldout_combinations():
@@ -191,7 +197,4 @@ def test_compare_emb_loss_runs_each_lambda_on_the_suite_and_the_heldout_combinat
         kind, weight = name.split("_", 1)
         assert run.bundle == f"/b/bundle_{weight}" and run.out_dir == f"/b/{name}"
         assert run.n_candidates == 1
-        held_only = kind == "heldout"
-        assert run.suite.prompts.samples_per_combination == (0 if held_only else 8)
-        assert run.suite.prompts.heldout_samples_per_combination == (64 if held_only else None)
-
+        _assert_prompt_counts(kind, run)

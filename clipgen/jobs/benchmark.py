@@ -60,8 +60,7 @@ def measure_training(cfg: DictConfig, warmup: int, steps: int) -> dict[str, Any]
     median = times[len(times) // 2]
     batch = cfg.data.batch_size
     row = {"stage": cfg.stage.name, "precision": precision, "compile": bool(cfg.get("compile")),
-           "batch_size": batch,
-           "steps_timed": len(times),
+           "batch_size": batch, "steps_timed": len(times),
            "median_step_s": round(median, 4), "steps_per_s": round(1 / median, 3),
            "images_per_s": round(batch / median, 2)}
     tokens = getattr(module, "tokens_per_sample", None)

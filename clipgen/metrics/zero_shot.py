@@ -46,16 +46,17 @@ def in_context_accuracy(image_emb: torch.Tensor, truth: dict[str, Sequence[str]]
     given), where `zero_shot_accuracy` averages over prompts with the other attributes wrong."""
     n = len(image_emb)
     records = [{k: truth[k][i] for k in ATTRIBUTE_VALUES} for i in range(n)]
-    prompts = sorted({prompt_for({**r, attr: v}) for r in records
-                      for attr, values in ATTRIBUTE_VALUES.items() for v in values})
+    candidates = {attr: [[prompt_for({**r, attr: v}) for v in values] for r in records]
+                  for attr, values in ATTRIBUTE_VALUES.items()}
+    prompts = sorted({p for per_image in candidates.values() for ps in per_image for p in ps})
     emb = F.normalize(encode_text(prompts).float(), dim=-1).to(image_emb.device)
     row = {p: i for i, p in enumerate(prompts)}
     out = {}
     for attr, values in ATTRIBUTE_VALUES.items():
         right = 0
-        for i, record in enumerate(records):
-            rows = [row[prompt_for({**record, attr: v})] for v in values]
-            right += values[int((emb[rows] @ image_emb[i].float()).argmax())] == record[attr]
+        for i, (record, ps) in enumerate(zip(records, candidates[attr])):
+            scores = emb[[row[p] for p in ps]] @ image_emb[i].float()
+            right += values[int(scores.argmax())] == record[attr]
         out[attr] = right / n
     return out
 
