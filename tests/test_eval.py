@@ -14,6 +14,7 @@ from hydra import compose, initialize_config_dir
 from PIL import Image
 from torch import nn
 
+from clipgen.data.shapes import ATTRIBUTE_VALUES
 from clipgen.evaluation.image_vs_text import condition_gap
 from clipgen.evaluation.prompts import prompt_list, shapes_prompts
 from clipgen.evaluation.sharded_generation import generate_images, image_path, read_images
@@ -348,6 +349,29 @@ def test_shapes_prompts_and_attribute_accuracy():
     assert [p for p in more if p.group == "seen"] == [p for p in prompts if p.group == "seen"]
 
 
+def test_shapes_prompts_in_the_caption_templates_state_what_each_template_names():
+    holdout = [{"color": "blue", "shape": "star"}]
+    prompts = shapes_prompts(samples_per_combination=14, holdout=holdout, seed=3,
+                             style="templates")
+    assert len(prompts) == 8 * 5 * 14
+    for p in prompts:
+        assert p.attributes["shape"] in p.text
+        for key, value in p.attributes.items():  # every stated value is in the text
+            assert (value if key != "position" else value.split()[-1]) in p.text
+        assert ("color" in p.attributes) == any(c in p.text for c in ATTRIBUTE_VALUES["color"])
+    templates_used = {p.text.replace(p.attributes.get("color", "#"), "{c}") for p in prompts}
+    assert len(templates_used) > 100  # many phrasings, not one
+    named = {frozenset(p.attributes) for p in prompts}
+    assert frozenset({"shape"}) in named and frozenset(ATTRIBUTE_VALUES) in named
+    held = [p for p in prompts if p.group == "heldout"]
+    assert held and all((p.attributes["color"], p.attributes["shape"]) == ("blue", "star")
+                        for p in held)
+    # a blue-star draw whose template leaves colour out is not a held-out prompt
+    assert any(p.group == "seen" and p.attributes == {"shape": "star"} for p in prompts)
+    with pytest.raises(ValueError, match="style"):
+        shapes_prompts(style="fancy")
+
+
 def test_shapes_suite_writes_a_report_and_resumes(tmp_path):
     bundle = write_tiny_bundle(tmp_path / "bundle")
     overrides = [f"bundle={bundle}", "suite=shapes", "suite.limit=12", "batch_size=4",
@@ -481,7 +505,6 @@ def test_bad_suite_settings_leave_the_folder_untouched(tmp_path, override, messa
 
 
 def test_suite_plots_draw_the_numbers_of_the_report(tmp_path):
-    from clipgen.data.shapes import ATTRIBUTE_VALUES
     from clipgen.evaluation.plots import (
         DPI,
         accuracy_figure,

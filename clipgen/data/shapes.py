@@ -152,13 +152,17 @@ CAPTION_TEMPLATES: tuple[str, ...] = (
 
 def caption(record: ShapeRecord, template: str) -> str:
     """Fill one caption template with the record's attribute words."""
-    words = record.attributes()
+    return fill_template(record.attributes(), template)
+
+
+def fill_template(words: Mapping[str, str], template: str) -> str:
+    """Fill one caption template from the five attribute words."""
     return template.format(
         **words,
-        where=_where(record.position),
-        a_size=_article(record.size),
-        a_color=_article(record.color),
-        a_shape=_article(record.shape),
+        where=_where(words["position"]),
+        a_size=_article(words["size"]),
+        a_color=_article(words["color"]),
+        a_shape=_article(words["shape"]),
     )
 
 

@@ -9,7 +9,17 @@ import numpy as np
 
 from clipgen.data.coco import coco_items, load_coco_captions
 from clipgen.data.image_folder import ImageFolderDataset
-from clipgen.data.shapes import ATTRIBUTE_VALUES, matches_any, prompt_for, validate_combinations
+from clipgen.data.shapes import (
+    ATTRIBUTE_VALUES,
+    CAPTION_TEMPLATES,
+    fill_template,
+    matches_any,
+    mentioned_attributes,
+    prompt_for,
+    validate_combinations,
+)
+
+PROMPT_STYLES = ("canonical", "templates")
 
 
 @dataclass(frozen=True)
@@ -32,28 +42,52 @@ def _shapes_prompt(rng: np.random.Generator, color: str, shape: str,
     return attrs
 
 
+def _template_prompt(rng: np.random.Generator, color: str, shape: str) -> tuple[str, dict]:
+    """A prompt in one of the caption templates, drawn uniformly, and the attributes it
+    states (the template decides which; the unstated ones are drawn but not asked for)."""
+    words = {"color": color, "shape": shape}
+    for key in ("size", "position", "background"):
+        words[key] = str(rng.choice(ATTRIBUTE_VALUES[key]))
+    template = CAPTION_TEMPLATES[int(rng.integers(len(CAPTION_TEMPLATES)))]
+    stated = mentioned_attributes(template)
+    return fill_template(words, template), {k: v for k, v in words.items() if k in stated}
+
+
 def shapes_prompts(samples_per_combination: int = 8, extra_attribute_rate: float = 0.5,
                    holdout: Iterable[Mapping[str, str]] = (), seed: int = 0,
-                   heldout_samples_per_combination: int | None = None) -> list[EvalPrompt]:
-    """Every colour x shape combination, `samples_per_combination` prompts each; every prompt
-    names its colour and shape, and each of size, position and background with probability
-    `extra_attribute_rate` (values drawn with a fixed seed). Combinations matching `holdout`
-    are grouped `heldout`, the others `seen`. `heldout_samples_per_combination` sets the
-    held-out combinations' count apart: their first prompts and every seen prompt stay those
-    of the default, and the extra ones come from a stream of their own."""
+                   heldout_samples_per_combination: int | None = None,
+                   style: str = "canonical") -> list[EvalPrompt]:
+    """Every colour x shape combination, `samples_per_combination` prompts each (values drawn
+    with a fixed seed). `style="canonical"`: every prompt names its colour and shape in one
+    fixed phrasing, and each of size, position and background with probability
+    `extra_attribute_rate`. `style="templates"`: each prompt is one of the training caption
+    templates, drawn uniformly, and states what that template states (`extra_attribute_rate`
+    is unused). Prompts stating a combination of `holdout` are grouped `heldout`, the others
+    `seen`. `heldout_samples_per_combination` sets the held-out combinations' count apart:
+    their first prompts and every seen prompt stay those of the default, and the extra ones
+    come from a stream of their own."""
+    if style not in PROMPT_STYLES:
+        raise ValueError(f"unknown Shapes prompt style {style!r}; expected one of {PROMPT_STYLES}")
+
+    def draw(rng: np.random.Generator, color: str, shape: str) -> tuple[str, dict]:
+        if style == "templates":
+            return _template_prompt(rng, color, shape)
+        attrs = _shapes_prompt(rng, color, shape, extra_attribute_rate)
+        return prompt_for(attrs), attrs
+
     held = validate_combinations(holdout)
     rng, extra_rng = np.random.default_rng(seed), np.random.default_rng([seed, 1])
     out = []
     for color in ATTRIBUTE_VALUES["color"]:
         for shape in ATTRIBUTE_VALUES["shape"]:
-            group = "heldout" if matches_any({"color": color, "shape": shape}, held) else "seen"
-            drawn = [_shapes_prompt(rng, color, shape, extra_attribute_rate)
-                     for _ in range(samples_per_combination)]
-            if group == "heldout" and heldout_samples_per_combination is not None:
+            drawn = [draw(rng, color, shape) for _ in range(samples_per_combination)]
+            if (heldout_samples_per_combination is not None
+                    and matches_any({"color": color, "shape": shape}, held)):
                 extra = max(0, heldout_samples_per_combination - samples_per_combination)
-                drawn = [*drawn, *(_shapes_prompt(extra_rng, color, shape, extra_attribute_rate)
+                drawn = [*drawn, *(draw(extra_rng, color, shape)
                                    for _ in range(extra))][:heldout_samples_per_combination]
-            out += [EvalPrompt(prompt_for(attrs), attrs, group) for attrs in drawn]
+            out += [EvalPrompt(text, attrs, "heldout" if matches_any(attrs, held) else "seen")
+                    for text, attrs in drawn]
     return out
 
 
