@@ -32,7 +32,7 @@ def test_training_without_a_stage_names_the_setting():
 
 
 TOOLS = ["bench_sampling", "kill_trials", "demo", "clip_zero_shot", "compare_methods",
-         "compare_conditionings", "compare_emb_loss",
+         "compare_conditionings", "compare_emb_loss", "compare_shapes_quality",
          "condition_gap", "prior_token_loss", "vqgan_recon", "bench_train", "precompute",
          "sample"]
 
@@ -198,3 +198,15 @@ def test_compare_emb_loss_runs_each_lambda_on_the_suite_and_the_heldout_combinat
         assert run.bundle == f"/b/bundle_{weight}" and run.out_dir == f"/b/{name}"
         assert run.n_candidates == 1
         _assert_prompt_counts(kind, run)
+
+
+def test_compare_shapes_quality_reads_the_bundle_in_every_caption_template():
+    runs = _comparison_runs("compare_shapes_quality",
+                            ["bundle=/b", "compare.out_root=/o", "compare.rerank_candidates=4"])
+    assert set(runs) == {"one_sample", "best_of_8", "heldout_one_sample"}
+    for name, run in runs.items():
+        assert run.bundle == "/b" and run.out_dir == f"/o/{name}"
+        assert run.suite.prompts.style == "templates"
+        assert run.suite.prompts.seed == 1 and run.seed == 1
+        assert run.n_candidates == (4 if name == "best_of_8" else 1)
+        _assert_prompt_counts("heldout" if name.startswith("heldout") else "suite", run)

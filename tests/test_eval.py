@@ -18,7 +18,7 @@ from clipgen.data.shapes import ATTRIBUTE_VALUES
 from clipgen.evaluation.image_vs_text import condition_gap
 from clipgen.evaluation.prompts import prompt_list, shapes_prompts
 from clipgen.evaluation.sharded_generation import generate_images, image_path, read_images
-from clipgen.evaluation.suite import run_suite
+from clipgen.evaluation.suite import run_suite, suite_summary
 from clipgen.evaluation.token_regions import REGIONS, token_loss_by_region, token_regions
 from clipgen.metrics.attributes import attribute_accuracy
 from clipgen.metrics.caps import CaptionScorer, caps_from_nll
@@ -347,6 +347,22 @@ def test_shapes_prompts_and_attribute_accuracy():
                                 for p in held} == {("yellow", "triangle")}
     assert len(more) == len(prompts) + 8
     assert [p for p in more if p.group == "seen"] == [p for p in prompts if p.group == "seen"]
+
+
+def test_suite_summary_reads_shape_for_seen_and_heldout_combinations_apart():
+    prompts = shapes_prompts(samples_per_combination=1,
+                             holdout=[{"color": "yellow", "shape": "triangle"}])
+    reads = [dict(p.attributes) for p in prompts]
+    seen = [i for i, p in enumerate(prompts) if p.group == "seen"]
+    for i in seen[:4]:
+        reads[i]["shape"] = "nothing"
+    report = {"metrics": {"attributes": attribute_accuracy(reads, prompts)},
+              "timing": {"seconds_per_image": 0.5}}
+    summary = suite_summary(report)
+    assert summary["seen_shape"] == pytest.approx(round(1 - 4 / len(seen), 4))
+    assert summary["heldout_shape"] == 1.0
+    assert summary["shape"] == pytest.approx(round(1 - 4 / len(prompts), 4))
+    assert summary["seconds_per_image"] == 0.5
 
 
 def test_shapes_prompts_in_the_caption_templates_state_what_each_template_names():

@@ -238,8 +238,9 @@ def run_suite(cfg: DictConfig) -> dict[str, Any] | None:
 
 
 def suite_summary(report: dict[str, Any]) -> dict[str, Any]:
-    """The headline figures of a suite report: attribute accuracy (all and held-out), CLIP
-    score, FD on CLIP features and generation time per image."""
+    """The headline figures of a suite report: attribute accuracy (all prompts; shape also for
+    the seen and the held-out combinations apart), CLIP score, FD on CLIP features and
+    generation time per image."""
     m = report["metrics"]
     attrs = m.get("attributes", {})
 
@@ -251,7 +252,7 @@ def suite_summary(report: dict[str, Any]) -> dict[str, Any]:
             "color_and_shape": acc("all", "color_and_shape"),
             "size": acc("all", "size"), "position": acc("all", "position"),
             "background": acc("all", "background"),
-            "heldout_shape": acc("heldout", "shape"),
+            "seen_shape": acc("seen", "shape"), "heldout_shape": acc("heldout", "shape"),
             "heldout_color_and_shape": acc("heldout", "color_and_shape"),
             "clip_score_100": m.get("clip_score_100"), "fd_clip": m.get("fd_clip"),
             "seconds_per_image": report["timing"].get("seconds_per_image")}
