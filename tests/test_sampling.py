@@ -111,7 +111,8 @@ def test_sampling_clear_errors(tmp_path):
         run_sampling(_sample_cfg(tmp_path, f"bundle={bundle}"))
 
 
-def test_shipped_bundle_loads_and_draws_named_colours():
+def test_shipped_bundle_draws_the_named_colour_shape_and_position():
+    from clipgen.generation.sampling import SamplingConfig
     from clipgen.metrics.shapes_reader import read_attributes
     from clipgen.models.bundle import default_bundle
 
@@ -119,11 +120,18 @@ def test_shipped_bundle_loads_and_draws_named_colours():
     assert sum(f.stat().st_size for f in bundle.iterdir()) <= 40_000_000
     pipe = TextToImage.from_bundle(bundle)  # the prior checks the encoders' fingerprints
     colors = ["red", "green", "blue", "yellow", "purple", "orange", "cyan", "pink"]
-    results = pipe.generate(pipe.text_conditions([f"a {c} circle" for c in colors]),
+    shapes = ["circle", "square", "triangle", "diamond", "star", "circle", "square", "diamond"]
+    positions = ["top left", "top", "top right", "left", "right", "bottom left", "bottom",
+                 "bottom right"]
+    asked = [{"color": c, "shape": s, "position": p}
+             for c, s, p in zip(colors, shapes, positions)]
+    prompts = [f"a {a['color']} {a['shape']} in the {a['position']}" for a in asked]
+    results = pipe.generate(pipe.text_conditions(prompts), sampling=SamplingConfig(top_k=4),
                             batch_size=8, seed=0)
     assert results[0].images.shape == (1, 3, 64, 64)
-    read = [read_attributes(to_pil(r.images[0]))["color"] for r in results]
-    assert sum(r == c for r, c in zip(read, colors)) >= 6, read
+    reads = [read_attributes(to_pil(r.images[0])) for r in results]
+    right = [all(read.get(k) == v for k, v in a.items()) for read, a in zip(reads, asked)]
+    assert sum(right) >= 6, reads
 
 
 def test_top_k_draw_has_the_masked_softmax_distribution():
