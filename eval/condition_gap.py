@@ -1,7 +1,8 @@
 """Attribute accuracy of a Shapes bundle conditioned on CLIP image embeddings of test renders
 versus the text embeddings of prompts naming all their attributes:
-`python eval/condition_gap.py [bundle=<folder>] [num_images=64] [sampling.top_k=16]
-[sampling.guidance_scale=2]` (sampling defaults: configs/generator/default.yaml).
+`python eval/condition_gap.py [bundle=<folder>] [num_images=64] [split=heldout]
+[sampling.top_k=16] [sampling.guidance_scale=2]` (sampling defaults: configs/generator/default.yaml;
+split=heldout renders only the held-out colour x shape combinations).
 Prints JSON and a markdown table."""
 
 import hydra
@@ -21,8 +22,9 @@ def rows(cfg: DictConfig) -> list[dict]:
     settings = OmegaConf.to_container(cfg.sampling, resolve=True)
     t2i = TextToImage.from_bundle(cfg.bundle or default_bundle())
     report = condition_gap(t2i, cfg.num_images, SamplingConfig(**settings), cfg.batch_size,
-                           split=cfg.split)
-    common = {"bundle": str(cfg.bundle or "shipped"), "images": report["images"],
+                           split=cfg.split, holdout=OmegaConf.to_container(cfg.holdout))
+    common = {"bundle": str(cfg.bundle or "shipped"), "split": cfg.split,
+              "images": report["images"],
               "text_image_cosine": report["text_image_cosine"],
               "top_k": settings["top_k"], "guidance_scale": settings["guidance_scale"]}
     return [{"condition": name, **{a: report[f"{name}_{a}"] for a in ATTRIBUTES}, **common,

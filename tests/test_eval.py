@@ -453,15 +453,19 @@ class _EchoGenerator:
     vqgan = mock.Mock(config=mock.Mock(resolution=64))
 
     def image_conditions(self, images):
-        return images.flatten(1)
+        from clipgen.generation.text_to_image import Conditions
+
+        return Conditions(images.flatten(1), images.flatten(1))
 
     def text_conditions(self, texts):
-        return torch.ones(len(texts), 3 * 64 * 64)
+        from clipgen.generation.text_to_image import Conditions
+
+        return Conditions(torch.ones(len(texts), 3 * 64 * 64), torch.ones(len(texts), 3 * 64 * 64))
 
     def generate(self, cond, sampling=None, seed=0, batch_size=16):
         from clipgen.generation.text_to_image import Generation
 
-        return [Generation(row.view(1, 3, 64, 64), torch.zeros(1)) for row in cond]
+        return [Generation(row.view(1, 3, 64, 64), torch.zeros(1)) for row in cond.prior]
 
 
 def test_condition_gap_pairs_each_sample_with_its_own_attributes():
@@ -473,6 +477,9 @@ def test_condition_gap_pairs_each_sample_with_its_own_attributes():
     assert report["image_position"] >= 0.9 and report["image_background"] == 1.0
     assert report["text_color"] == 0.0 and report["text_shape"] == 0.0
     assert report["text_background"] < 1.0
+    held = condition_gap(_EchoGenerator(), num_images=6, batch_size=4, split="heldout",
+                         holdout=[{"color": "blue", "shape": "star"}])
+    assert held["split"] == "heldout" and held["image_color_and_shape"] >= 0.8
 
 
 def test_a_reference_subset_covers_every_class(tmp_path):

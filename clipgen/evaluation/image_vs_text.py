@@ -8,6 +8,7 @@ prior gets wrong even from an image embedding, and what the text-to-image gap ad
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
@@ -28,13 +29,14 @@ CONDITIONS = ("image", "text")
 
 @torch.no_grad()
 def condition_gap(t2i: TextToImage, num_images: int = 64, sampling: SamplingConfig | None = None,
-                  batch_size: int = 16, split: str = "test", seed: int = 0, sample_seed: int = 0
-                  ) -> dict[str, Any]:
+                  batch_size: int = 16, split: str = "test", seed: int = 0, sample_seed: int = 0,
+                  holdout: Iterable[Mapping[str, str]] = ()) -> dict[str, Any]:
     """Attribute accuracy of one sample per Shapes render conditioned on the render's CLIP image
     embedding and on the text embedding of `prompt_for(all its attributes)`, with the same
-    sampling seeds for both; plus the mean cosine between the two embeddings."""
+    sampling seeds for both; plus the mean cosine between the two embeddings. `split="heldout"`
+    renders only the `holdout` colour x shape combinations (those the prior never saw)."""
     data = ShapesDataset(num_images, image_size=t2i.vqgan.config.resolution, seed=seed,
-                         split=split)
+                         split=split, holdout=list(holdout))
     reads: dict[str, list[dict]] = {name: [] for name in CONDITIONS}
     prompts: list[EvalPrompt] = []
     cosines = []
@@ -45,7 +47,7 @@ def condition_gap(t2i: TextToImage, num_images: int = 64, sampling: SamplingConf
         texts = [prompt_for(a) for a in attrs]
         prompts += [EvalPrompt(text, a) for text, a in zip(texts, attrs)]
         conds = {"image": t2i.image_conditions(batch["image"]), "text": t2i.text_conditions(texts)}
-        cosines.append((conds["image"] * conds["text"]).sum(-1).cpu())
+        cosines.append((conds["image"].clip * conds["text"].clip).sum(-1).cpu())
         for name in CONDITIONS:
             results = t2i.generate(conds[name], sampling=sampling, seed=sample_seed + b,
                                    batch_size=len(texts))
