@@ -114,14 +114,16 @@ def test_lambda_zero_never_decodes(encoders, cache, monkeypatch):
     batch = collate_samples([ds[i] for i in range(8)])
     off = _module(encoders, emb_loss_weight=0.0, cond_drop=0.0)
     calls = _count_decodes(off, monkeypatch)
-    off.training_step(batch, 0)
+    off.training_step(batch, 0).backward()
     assert calls[0] == 0
-    on = _module(encoders, emb_loss_weight=0.2, cond_drop=0.0)
+    on = _module(encoders, emb_loss_weight=0.2, cond_drop=0.0)  # the same initial weights
     calls = _count_decodes(on, monkeypatch)
     loss = on.training_step(batch, 0)
     assert calls[0] == 1
     loss.backward()
-    assert on.prior.cond_proj.weight.grad is not None
+    # lambda > 0 adds the embedding term's gradient to the prior's
+    grad_on, grad_off = on.prior.cond_proj.weight.grad, off.prior.cond_proj.weight.grad
+    assert grad_on is not None and not torch.allclose(grad_on, grad_off)
 
 
 def test_null_condition_rate_and_use():
