@@ -20,6 +20,7 @@ from clipgen.evaluation.prompts import prompt_list, shapes_prompts
 from clipgen.evaluation.sharded_generation import generate_images, image_path, read_images
 from clipgen.evaluation.suite import run_suite, suite_summary
 from clipgen.evaluation.token_regions import REGIONS, token_loss_by_region, token_regions
+from clipgen.generation.text_to_image import Conditions, Generation, TextToImage
 from clipgen.metrics.attributes import attribute_accuracy
 from clipgen.metrics.caps import CaptionScorer, caps_from_nll
 from clipgen.metrics.clip_score import clip_scores
@@ -433,8 +434,6 @@ def test_token_regions_split_object_near_far_and_border():
 
 
 def test_token_loss_by_region_adds_up(tmp_path):
-    from clipgen.generation.text_to_image import TextToImage
-
     t2i = TextToImage.from_bundle(write_tiny_bundle(tmp_path))
     report = token_loss_by_region(t2i, num_images=6, batch_size=4)
     keys = [name.replace(" ", "_") for name in REGIONS]
@@ -453,18 +452,14 @@ class _EchoGenerator:
     vqgan = mock.Mock(config=mock.Mock(resolution=64))
 
     def image_conditions(self, images):
-        from clipgen.generation.text_to_image import Conditions
-
-        return Conditions(images.flatten(1), images.flatten(1))
+        flat = images.flatten(1)
+        return Conditions(flat, flat)
 
     def text_conditions(self, texts):
-        from clipgen.generation.text_to_image import Conditions
-
-        return Conditions(torch.ones(len(texts), 3 * 64 * 64), torch.ones(len(texts), 3 * 64 * 64))
+        white = torch.ones(len(texts), 3 * 64 * 64)
+        return Conditions(white, white)
 
     def generate(self, cond, sampling=None, seed=0, batch_size=16):
-        from clipgen.generation.text_to_image import Generation
-
         return [Generation(row.view(1, 3, 64, 64), torch.zeros(1)) for row in cond.prior]
 
 

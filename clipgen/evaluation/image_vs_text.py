@@ -36,7 +36,7 @@ def condition_gap(t2i: TextToImage, num_images: int = 64, sampling: SamplingConf
     sampling seeds for both; plus the mean cosine between the two embeddings. `split="heldout"`
     renders only the `holdout` colour x shape combinations (those the prior never saw)."""
     data = ShapesDataset(num_images, image_size=t2i.vqgan.config.resolution, seed=seed,
-                         split=split, holdout=list(holdout))
+                         split=split, holdout=holdout)
     reads: dict[str, list[dict]] = {name: [] for name in CONDITIONS}
     prompts: list[EvalPrompt] = []
     cosines = []
