@@ -46,7 +46,10 @@ def cpu_has_fast_bf16() -> bool:
 
 def training_precision(requested: str, accelerator: str) -> tuple[str, str]:
     """Lightning's precision for `requested` (`auto`, or any Lightning value kept as is) and
-    why: on CPUs `auto` is bf16-mixed where bf16 runs natively, else 32-true."""
+    why: on CPUs `auto` is bf16-mixed where bf16 runs natively, else 32-true; 16-mixed on a
+    CPU is bf16-mixed (Lightning runs fp16 autocast only on GPUs and switches it)."""
+    if requested in ("16-mixed", "16") and accelerator == "cpu":
+        return "bf16-mixed", "16-mixed asked for: Lightning runs it as bf16-mixed on CPU"
     if requested != "auto":
         return requested, "as configured"
     if accelerator == "cpu":

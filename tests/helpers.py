@@ -85,3 +85,40 @@ def write_tiny_bundle(folder: Path, seed: int = 0) -> Path:
                                      "encoders": encoder_identity(vqgan, clip)}),
                    folder / "prior.yaml")
     return folder
+
+
+# Overrides of train.py for a few-second run of each stage (with `tiny_prior_overrides` for
+# the priors, which need a bundle and a cache first).
+TINY_STAGE = {
+    "vqgan": ["experiment=shapes_vqgan", "resolution=16", "data.train.length=64",
+              "data.batch_size=4", "data.val_batch_size=4", "model.image_log_every=0",
+              "model.loss.disc_start=1000"],
+    "clip": ["experiment=shapes_clip", "data.train.length=64", "data.batch_size=8"],
+}
+TINY_TRAINER = ["trainer.enable_progress_bar=false", "trainer.limit_val_batches=1",
+                "data.val.length=8", "trainer.log_every_n_steps=1", "logger=csv"]
+TINY_PRIOR = ["model.prior.n_layer=1", "model.prior.n_embd=32", "model.prior.n_head=2",
+              "model.train.sample_prompts=[]"]
+
+
+def tiny_prior_overrides(folder: Path, captions_per_image: int = 0) -> list[str]:
+    """A random bundle and a 24-image cache of it (train and val) in `folder`, and the
+    overrides of `experiment=shapes_prior` that train a tiny prior on them. With
+    `captions_per_image`, the cache holds captions (unflipped), for the caption priors."""
+    from torch.utils.data import DataLoader
+
+    from clipgen.data.datamodule import collate_samples
+    from clipgen.data.shapes_dataset import ShapesDataset
+    from clipgen.jobs.build_cache import encode_to_cache
+    from clipgen.models.vqgan import load_vqgan
+
+    bundle = write_tiny_bundle(folder / "bundle")
+    vqgan = load_vqgan(bundle / "vqgan.safetensors")
+    clip = FrozenCLIP(CLIP_ARCH, str(bundle / "clip.safetensors"))
+    data = ShapesDataset(24, image_size=16, captions_per_image=max(captions_per_image, 1))
+    for split in ("train", "val"):
+        encode_to_cache(DataLoader(data, batch_size=8, collate_fn=collate_samples), vqgan, clip,
+                        folder / "cache" / split, flip=not captions_per_image,
+                        captions_per_image=captions_per_image, caption_length=72)
+    return ["experiment=shapes_prior", "resolution=16", f"bundle_dir={bundle}",
+            f"cache_dir={folder / 'cache'}", "data.batch_size=4", *TINY_PRIOR]

@@ -211,4 +211,4 @@ def test_auto_precision_follows_the_hardware(monkeypatch):
     assert run_info.training_precision("auto", "cpu")[0] == "bf16-mixed"
     monkeypatch.setattr(run_info, "cpu_has_fast_bf16", lambda: False)
     assert run_info.training_precision("auto", "cpu")[0] == "32-true"
-    assert run_info.training_precision("16-mixed", "cpu") == ("16-mixed", "as configured")
+    assert run_info.training_precision("bf16-true", "cpu") == ("bf16-true", "as configured")

@@ -17,23 +17,11 @@ from PIL import Image
 
 from clipgen.checkpoint import load_torch_file
 from clipgen.data.resumable import ResumableSampler
-from clipgen.data.shapes_dataset import ShapesDataset
-from clipgen.jobs.build_cache import encode_to_cache
 from clipgen.jobs.training import resolve_ckpt_path
 from clipgen.lit.checkpoint_io import AtomicCheckpointIO
-from clipgen.models.clip import FrozenCLIP
-from clipgen.models.vqgan import load_vqgan
-from tests.helpers import CLIP_ARCH, write_tiny_bundle
+from tests.helpers import TINY_STAGE, TINY_TRAINER, tiny_prior_overrides
 
 ROOT = Path(__file__).resolve().parent.parent
-COMMON = ["trainer.enable_progress_bar=false", "trainer.limit_val_batches=1",
-          "data.val.length=8", "trainer.log_every_n_steps=1", "logger=csv"]
-TINY = {
-    "vqgan": ["experiment=shapes_vqgan", "resolution=16", "data.train.length=64",
-              "data.batch_size=4", "data.val_batch_size=4", "model.image_log_every=0",
-              "model.loss.disc_start=1000"],
-    "clip": ["experiment=shapes_clip", "data.train.length=64", "data.batch_size=8"],
-}
 
 
 def _train(args: list[str], cwd: Path, **kwargs) -> subprocess.Popen:
@@ -43,24 +31,11 @@ def _train(args: list[str], cwd: Path, **kwargs) -> subprocess.Popen:
                             **kwargs)
 
 
-def _prior_args(tmp_path: Path) -> list[str]:
-    bundle = write_tiny_bundle(tmp_path / "bundle")
-    vqgan = load_vqgan(bundle / "vqgan.safetensors")
-    clip = FrozenCLIP(CLIP_ARCH, str(bundle / "clip.safetensors"))
-    data = ShapesDataset(24, image_size=16)
-    for split in ("train", "val"):
-        batches = [{"image": torch.stack([data[i]["image"] for i in range(j, j + 8)])}
-                   for j in range(0, 24, 8)]
-        encode_to_cache(batches, vqgan, clip, tmp_path / "cache" / split)
-    return ["experiment=shapes_prior", "resolution=16", f"bundle_dir={bundle}",
-            f"cache_dir={tmp_path / 'cache'}", "data.batch_size=4", "model.prior.n_layer=1",
-            "model.prior.n_embd=32", "model.prior.n_head=2", "model.train.sample_prompts=[]"]
-
-
 @pytest.mark.parametrize("stage", ["vqgan", "clip", "prior"])
 def test_two_process_ddp_on_cpu(stage, tmp_path):
-    args = _prior_args(tmp_path) if stage == "prior" else TINY[stage]
-    common = [c for c in COMMON if not (stage == "prior" and c.startswith("data.val.length"))]
+    args = tiny_prior_overrides(tmp_path) if stage == "prior" else TINY_STAGE[stage]
+    common = [c for c in TINY_TRAINER
+              if not (stage == "prior" and c.startswith("data.val.length"))]
     run_dir = tmp_path / "run"
     proc = _train([*args, *common, "trainer.max_steps=5", "trainer.val_check_interval=2",
                    "checkpoint_every_n_steps=2", "trainer.devices=2", "trainer.strategy=ddp",
@@ -102,7 +77,7 @@ def _assert_same_run(run_dir: Path, reference: Path) -> None:
 
 
 def test_killed_and_extended_runs_equal_an_uninterrupted_one(tmp_path):
-    args = [*TINY["vqgan"], *COMMON, "trainer.val_check_interval=100",
+    args = [*TINY_STAGE["vqgan"], *TINY_TRAINER, "trainer.val_check_interval=100",
             "checkpoint_every_n_steps=5", "ckpt_path=last"]
     whole = tmp_path / "whole"
     proc = _train([*args, "trainer.max_steps=24", f"hydra.run.dir={whole}"], cwd=tmp_path)
@@ -152,7 +127,7 @@ def test_a_run_ending_before_its_first_periodic_save_keeps_its_mid_epoch_end(tmp
     from clipgen.jobs.training import run_training
 
     with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose("train", overrides=[*TINY["vqgan"], *COMMON, "~logger",
+        cfg = compose("train", overrides=[*TINY_STAGE["vqgan"], *TINY_TRAINER, "~logger",
                                           "trainer.max_steps=3", "trainer.val_check_interval=3",
                                           f"run_dir={tmp_path / 'run'}"])
     assert cfg.checkpoint_every_n_steps > 3

@@ -34,6 +34,21 @@ class ClipgenModule(pl.LightningModule):
         checkpoint["clipgen"] = {"stage": self.stage, "config": self.run_config,
                                  "versions": package_versions(), "git": self._code_version}
 
+    def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer,
+                                    gradient_clip_val: float | None = None,
+                                    gradient_clip_algorithm: str | None = None) -> None:
+        """Under FSDP, clip by the gradient norm over every shard with FSDP's own
+        `clip_grad_norm_` (Lightning's FSDP precision refuses norm clipping); else as
+        Lightning does."""
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        sharded = self._trainer is not None and isinstance(self.trainer.model,
+                                                           FullyShardedDataParallel)
+        if sharded and gradient_clip_val and gradient_clip_algorithm in (None, "norm"):
+            self.trainer.model.clip_grad_norm_(gradient_clip_val)
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
     @rank_zero_only
     def log_image_grid(self, name: str, images: torch.Tensor, nrow: int, step: int | None = None
                        ) -> Path | None:

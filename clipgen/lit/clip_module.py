@@ -13,7 +13,13 @@ from clipgen.data.shapes import ATTRIBUTE_VALUES
 from clipgen.lit.base import ClipgenModule
 from clipgen.lit.optim import adamw_with_schedule, decay_groups
 from clipgen.metrics.zero_shot import retrieval_r1, zero_shot_accuracy
-from clipgen.models.clip import clip_preprocess, create_clip, preprocess_stats, tokenize_prompts
+from clipgen.models.clip import (
+    clip_preprocess,
+    create_clip,
+    preprocess_stats,
+    tokenize_prompts,
+    unit_fp32,
+)
 
 MAX_LOGIT_SCALE = math.log(100.0)
 
@@ -54,10 +60,11 @@ class CLIPModule(ClipgenModule):
 
     def embed(self, images: torch.Tensor, captions: list[str]
               ) -> tuple[torch.Tensor, torch.Tensor]:
-        img = F.normalize(self.model.encode_image(
-            clip_preprocess(images, self.image_size, self.mean, self.std)), dim=-1)
-        txt = F.normalize(self.model.encode_text(self.tokenize(captions)), dim=-1)
-        return img, txt
+        """Unit image and caption embeddings in fp32, whatever precision the model runs in
+        (under bf16-mixed its outputs are bf16; the loss and the metrics expect fp32)."""
+        img = self.model.encode_image(clip_preprocess(images, self.image_size, self.mean,
+                                                      self.std))
+        return unit_fp32(img), unit_fp32(self.model.encode_text(self.tokenize(captions)))
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
         if not batch:  # every sample of this batch was unreadable (skipped and counted)
@@ -66,7 +73,7 @@ class CLIPModule(ClipgenModule):
         negatives = None
         if "negative_captions" in batch:  # hard negatives of each caption (data config)
             flat = [c for per_image in batch["negative_captions"] for c in per_image]
-            negatives = F.normalize(self.model.encode_text(self.tokenize(flat)), dim=-1)
+            negatives = unit_fp32(self.model.encode_text(self.tokenize(flat)))
         scale = self.model.logit_scale.exp()
         loss = contrastive_loss(img, txt, scale, negatives)
         self.log_dict({"train/loss": loss, "train/logit_scale": scale}, prog_bar=True)
@@ -103,7 +110,7 @@ class CLIPModule(ClipgenModule):
         """Zero-shot accuracy of each Shapes attribute (prompt ensembles)."""
 
         def encode(prompts: list[str]) -> torch.Tensor:
-            return F.normalize(self.model.encode_text(self.tokenize(prompts)), dim=-1).cpu()
+            return unit_fp32(self.model.encode_text(self.tokenize(prompts))).cpu()
 
         return {f"val/zero_shot_{k}": v
                 for k, v in zero_shot_accuracy(img, truth, encode).items()}

@@ -105,7 +105,7 @@ class FrozenCLIP(nn.Module):
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) images in [-1, 1] to (B, D) unit-norm embeddings."""
         feats = self.model.encode_image(self.preprocess(images))
-        return F.normalize(feats.float(), dim=-1)
+        return unit_fp32(feats)
 
     def tokenize(self, prompts: Sequence[str]) -> torch.Tensor:
         """Tokenise prompts (see `tokenize_prompts`)."""
@@ -114,7 +114,13 @@ class FrozenCLIP(nn.Module):
     def encode_text(self, prompts: Sequence[str]) -> torch.Tensor:
         """Prompts to (B, D) unit-norm embeddings."""
         tokens = self.tokenize(prompts).to(self.mean.device)
-        return F.normalize(self.model.encode_text(tokens).float(), dim=-1)
+        return unit_fp32(self.model.encode_text(tokens))
+
+
+def unit_fp32(features: torch.Tensor) -> torch.Tensor:
+    """CLIP features as unit-norm fp32 embeddings, whatever dtype the model ran in (bf16 under
+    bf16-mixed or with bf16 weights): what losses, metrics and the prior expect."""
+    return F.normalize(features.float(), dim=-1)
 
 
 def tokenize_prompts(tokenizer, prompts: Sequence[str]) -> torch.Tensor:
