@@ -70,6 +70,17 @@ def test_a_prompt_returns_the_kept_images_and_their_records(server):
     assert any(u[2].startswith("clipgen: working") for u in updates[:-1])
 
 
+@pytest.mark.parametrize("method", ["clipgen", "optimize", "evolve"])
+def test_each_generator_runs_in_bf16_from_the_page(server, method):
+    from gradio_client import Client
+
+    client = Client(server, verbose=False)
+    job = client.submit(*_settings(method=method, precision="bfloat16", steps=2).values(),
+                        api_name="/generate")
+    gallery, _, status = job.result(timeout=120)
+    assert status.startswith("done: 2 image(s)") and len(gallery) == 2
+
+
 @pytest.mark.parametrize("changes, message", [
     ({"prompt": "  "}, "empty prompt"),
     ({"n_candidates": 60}, "greater than maximum value 6"),  # the slider's own bound

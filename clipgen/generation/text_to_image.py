@@ -97,7 +97,7 @@ class TextToImage:
         def on_token(i: int, tokens: torch.Tensor) -> None:
             if (i + 1) % w:
                 return
-            images = self.vqgan.decode_tokens(tokens).clamp(-1, 1)
+            images = self.vqgan.decode_tokens(tokens).float().clamp(-1, 1)
             done = (i + 1) // w * images.shape[-2] // h
             images[..., done:, :] = 0.0  # grey where no token is sampled yet
             show(images.cpu())
@@ -151,7 +151,7 @@ class TextToImage:
             on_token = self._previewer(on_preview) if on_preview else None
             tokens = sample_tokens(self.prior, chunk.prior, sampling, generator=gen,
                                    on_token=on_token)
-            decoded = self.vqgan.decode_tokens(tokens).clamp(-1, 1)
+            decoded = self.vqgan.decode_tokens(tokens).float().clamp(-1, 1)
             images.append(decoded.cpu())
             cosines.append((self.clip.encode_image(decoded) * chunk.clip).sum(-1).cpu())
         all_images = torch.cat(images).view(len(cond), n_candidates, *images[0].shape[1:])

@@ -66,7 +66,8 @@ def request_config(cfg: DictConfig, method: str, n_candidates: int, keep: int,
         "seed": int(seed), "batch_size": min(int(cfg.batch_size), int(n_candidates)),
         "sampling": {"guidance_scale": float(guidance), "top_k": int(top_k) or None,
                      "temperature": float(temperature), "dtype": precision},
-        "optimize": {"steps": int(steps)}, "evolve": {"generations": int(steps)}})
+        "optimize": {"steps": int(steps), "dtype": precision},
+        "evolve": {"generations": int(steps), "dtype": precision}})
     check_generation_settings(run)
     return run
 

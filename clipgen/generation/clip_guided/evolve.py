@@ -6,11 +6,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import torch
 
-from clipgen.generation.clip_guided.latents import clip_similarity, decode_latents, random_latents
+from clipgen.generation.clip_guided.latents import (
+    autocast_for,
+    clip_similarity,
+    decode_latents,
+    random_latents,
+)
 from clipgen.models.clip import FrozenCLIP
 from clipgen.models.vqgan import VQGAN
 
@@ -26,6 +32,7 @@ class EvolveConfig:
     sigma: float = 0.5          # cma: initial step size
     quantize: bool = True       # decode quantised latents (images the tokenizer can produce)
     init_noise: float = 0.1
+    dtype: str = "float32"      # VQGAN and CLIP passes: float32 or, under autocast, bf16 ...
 
 
 @dataclass
@@ -40,9 +47,12 @@ class Fitness:
     """CLIP similarity of decoded latents to their prompt's condition."""
 
     def __init__(self, vqgan: VQGAN, clip: FrozenCLIP, cond: torch.Tensor, quantize: bool,
-                 batch_size: int = 64) -> None:
+                 batch_size: int = 64,
+                 precision: AbstractContextManager | None = None) -> None:
+        """`precision`: the autocast context the VQGAN and CLIP passes run in (none: fp32)."""
         self.vqgan, self.clip, self.cond = vqgan, clip, cond
         self.quantize, self.batch_size = quantize, batch_size
+        self.precision = precision or nullcontext()
 
     @torch.no_grad()
     def __call__(self, pop: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -52,8 +62,9 @@ class Fitness:
         cond = self.cond.repeat_interleave(p, dim=0)
         images, scores = [], []
         for i in range(0, len(flat), self.batch_size):
-            img = decode_latents(self.vqgan, flat[i:i + self.batch_size], self.quantize)
-            scores.append(clip_similarity(self.clip, img, cond[i:i + self.batch_size]))
+            with self.precision:
+                img = decode_latents(self.vqgan, flat[i:i + self.batch_size], self.quantize)
+                scores.append(clip_similarity(self.clip, img, cond[i:i + self.batch_size]))
             images.append(img)
         images_t = torch.cat(images)
         return torch.cat(scores).view(b, p), images_t.view(b, p, *images_t.shape[1:])
@@ -149,7 +160,7 @@ def evolve_latents(vqgan: VQGAN, clip: FrozenCLIP, cond: torch.Tensor, cfg: Evol
         raise ValueError(f"elite ({cfg.elite}) must lie in [0, population={cfg.population})")
     device = cond.device
     gen = torch.Generator(device=device).manual_seed(seed)
-    fitness = Fitness(vqgan, clip, cond, cfg.quantize)
+    fitness = Fitness(vqgan, clip, cond, cfg.quantize, precision=autocast_for(cfg.dtype, device))
     b, p = len(cond), cfg.population
     pop = random_latents(vqgan, b * p, gen, cfg.init_noise)
     shape = pop.shape[1:]

@@ -3,12 +3,25 @@ CLIP similarity of images to a condition."""
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
+
 import torch
 import torch.nn.functional as F
 
+from clipgen.generation.decoder import resolve_dtype
 from clipgen.models.clip import FrozenCLIP
 from clipgen.models.quantizers import L2Quantizer
 from clipgen.models.vqgan import VQGAN
+
+
+def autocast_for(dtype: str, device: torch.device) -> AbstractContextManager:
+    """The precision of the VQGAN and CLIP passes of a CLIP-guided generator: autocast to
+    `dtype` (a sampling dtype name, `auto` included), or nothing for float32. Latents and
+    their optimiser stay in fp32."""
+    resolved = resolve_dtype(dtype, device)
+    if resolved == torch.float32:
+        return nullcontext()
+    return torch.autocast(device.type, dtype=resolved)
 
 
 def latent_shape(vqgan: VQGAN) -> tuple[int, int, int]:
@@ -39,7 +52,7 @@ def decode_latents(vqgan: VQGAN, z: torch.Tensor, quantize: bool) -> torch.Tenso
         z = vqgan.quantize(z).z_q
     elif isinstance(vqgan.quantize, L2Quantizer):
         z = F.normalize(z, dim=1)
-    return vqgan.decode(z).clamp(-1, 1)
+    return vqgan.decode(z).float().clamp(-1, 1)
 
 
 def random_cutouts(images: torch.Tensor, n: int, size: int, min_fraction: float,

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from clipgen.generation.clip_guided.latents import (
+    autocast_for,
     clip_similarity,
     decode_latents,
     image_latents,
@@ -27,6 +28,7 @@ class OptimizeConfig:
     quantize: bool = False      # quantise the latent on the forward pass (straight-through)
     init_noise: float = 0.1     # noise on the random code vectors of the start
     frame_every: int = 10       # keep a progress frame every N steps (0 = none)
+    dtype: str = "float32"      # VQGAN and CLIP passes: float32 or, under autocast, bf16 ...
 
 
 @dataclass
@@ -44,10 +46,18 @@ def optimize_latents(vqgan: VQGAN, clip: FrozenCLIP, cond: torch.Tensor, cfg: Op
     mean CLIP similarity of random cutouts. Starts from random codes or from `init_images`.
     `on_step(step, images)` sees the images of every step (to show progress)."""
     device = cond.device
+    with autocast_for(cfg.dtype, device):
+        return _optimize(vqgan, clip, cond, cfg, seed, init_images, on_step)
+
+
+def _optimize(vqgan: VQGAN, clip: FrozenCLIP, cond: torch.Tensor, cfg: OptimizeConfig,
+              seed: int, init_images: torch.Tensor | None,
+              on_step: Callable[[int, torch.Tensor], None] | None) -> OptimizeResult:
+    device = cond.device
     gen = torch.Generator(device=device).manual_seed(seed)
     with torch.no_grad():
         z0 = (image_latents(vqgan, init_images.to(device)) if init_images is not None
-              else random_latents(vqgan, len(cond), gen, cfg.init_noise))
+              else random_latents(vqgan, len(cond), gen, cfg.init_noise)).float()
     z = z0.clone().requires_grad_(True)
     opt = torch.optim.Adam([z], lr=cfg.lr)
     history, frames = [], []
