@@ -258,3 +258,49 @@ def test_run_curves_go_to_wandb_when_it_logs(tmp_path):
     path = write_run_curves(tmp_path, [wandb_logger, CSVLogger(str(tmp_path), name="logs")])
     assert path == tmp_path / "curves.png" and path.is_file()
     wandb_logger.log_image.assert_called_once_with(key="run/curves", images=[str(path)])
+
+
+def _run_ok(args: list[str], cwd: Path) -> str:
+    proc = _train(args, cwd=cwd)
+    out, _ = proc.communicate(timeout=400)
+    assert proc.returncode == 0, out[-3000:]
+    return out
+
+
+def test_two_process_fsdp_on_cpu_shards_resumes_exports_and_matches_ddp(tmp_path):
+    from clipgen.jobs.export import export_checkpoint
+
+    args = [*tiny_prior_overrides(tmp_path),
+            *[c for c in TINY_TRAINER if not c.startswith("data.val.length")],
+            "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true",
+            "trainer.val_check_interval=2", "checkpoint_every_n_steps=2", "plot_curves=false"]
+    fsdp, ddp = tmp_path / "fsdp", tmp_path / "ddp"
+    out = _run_ok([*args, "trainer=fsdp", "trainer.max_steps=4", f"hydra.run.dir={fsdp}"],
+                  tmp_path)
+    _run_ok([*args, "trainer.strategy=ddp", "trainer.max_steps=4", f"hydra.run.dir={ddp}"],
+            tmp_path)
+    sharded = _weights(fsdp / "checkpoints" / "last.ckpt")
+    replicated = _weights(ddp / "checkpoints" / "last.ckpt")
+    # the strategy is FSDP, and rank 0 holds about half of the parameter values
+    assert "strategy: ShardedStrategy, 2 process(es)" in out
+    held = int(out.split("parameter values held by rank 0: ")[1].split()[0])
+    total = sum(t.numel() for t in sharded.values() if t.is_floating_point())
+    assert held < 0.6 * total
+    # the same seed and data as DDP: the same weights up to the order of float reductions
+    assert sharded.keys() == replicated.keys()
+    for key in sharded:
+        assert torch.allclose(sharded[key], replicated[key], atol=1e-5, rtol=1e-4), key
+    # resumed for two more steps, then exported to one file that sample.py reads
+    out = _run_ok([*args, "trainer=fsdp", "trainer.max_steps=6", "ckpt_path=last",
+                   f"hydra.run.dir={fsdp}"], tmp_path)
+    assert "resuming from" in out or "Restoring states" in out
+    ckpt = load_torch_file(fsdp / "checkpoints" / "last.ckpt")
+    assert ckpt["global_step"] == 6
+    bundle = tmp_path / "bundle"
+    export_checkpoint(fsdp / "checkpoints" / "last.ckpt", bundle)
+    sample = subprocess.run([sys.executable, str(ROOT / "sample.py"), f"bundle={bundle}",
+                             "prompts=[a red circle]", "n_candidates=2", "samples_per_prompt=1",
+                             f"hydra.run.dir={tmp_path / 'samples'}"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=300)
+    assert sample.returncode == 0, sample.stderr[-3000:]
+    assert list((tmp_path / "samples").glob("*/00.png"))

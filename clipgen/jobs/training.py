@@ -58,6 +58,11 @@ def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> str | None:
     writes on a SLURM preemption signal (run_dir/hpc_ckpt_*.ckpt); a fresh start when there is
     none."""
     if ckpt_path != "last":
+        if ckpt_path is not None and Path(ckpt_path).is_dir():
+            raise ValueError(f"{ckpt_path} is a folder (a sharded torch.distributed.checkpoint): "
+                             "clipgen resumes only from single-file checkpoints, which load "
+                             "without unpickling; train with trainer.strategy.state_dict_type="
+                             "full (the fsdp trainer's default)")
         if ckpt_path is not None and not Path(ckpt_path).is_file():
             raise FileNotFoundError(f"checkpoint to resume from not found: {ckpt_path}")
         return ckpt_path
@@ -121,14 +126,18 @@ class CleanInterruptedSaves(pl.Callback):
 
 
 class RunSummary(pl.Callback):
-    """Print, at the start of fit, the effective batch size, the base learning rates and the
-    code version."""
+    """Print, at the start of training, the effective batch size, the base learning rates, the
+    code version, the strategy and how many parameter values rank zero holds (under FSDP, its
+    shard: about 1 / world size of them)."""
 
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
         batch = getattr(trainer.datamodule, "batch_size", None)
-        lines = [f"code: {git_commit()}"]
+        held = sum(p.numel() for p in trainer.model.parameters())
+        lines = [f"code: {git_commit()}",
+                 f"strategy: {type(trainer.strategy).__name__}, {trainer.world_size} "
+                 f"process(es); parameter values held by rank 0: {held}"]
         if batch is not None:
             eff = effective_batch(batch, trainer.num_devices, trainer.num_nodes,
                                   trainer.accumulate_grad_batches)
