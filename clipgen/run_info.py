@@ -3,7 +3,9 @@ size, and what the hardware runs fast."""
 
 from __future__ import annotations
 
+import platform
 import subprocess
+from datetime import date
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,17 @@ def effective_batch(batch_size: int, devices: int, num_nodes: int, accumulate: i
     return {"per_device": batch_size, "devices": devices, "num_nodes": num_nodes,
             "accumulate_grad_batches": accumulate,
             "effective": batch_size * devices * num_nodes * accumulate}
+
+
+def cpu_model() -> str:
+    """The processor's model name (from /proc/cpuinfo on Linux), else the architecture."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:  # not Linux
+        pass
+    return platform.processor() or platform.machine()
 
 
 @lru_cache(maxsize=1)
@@ -61,3 +74,15 @@ def training_precision(requested: str, accelerator: str) -> tuple[str, str]:
     if torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
         return "16-mixed", "GPU without bf16"
     return "bf16-mixed", f"accelerator {accelerator}"
+
+
+def machine_description() -> dict[str, Any]:
+    """The processor, thread count, torch version, date and GPU (if any) of a measurement."""
+    import torch
+
+    out = {"cpu": cpu_model(), "cpu_native_bf16": cpu_has_fast_bf16(),
+           "threads": torch.get_num_threads(), "torch": torch.__version__,
+           "date": date.today().isoformat()}
+    if torch.cuda.is_available():
+        out["gpu"] = torch.cuda.get_device_name(0)
+    return out

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from unittest import mock
 
@@ -602,3 +604,37 @@ def test_sampling_speed_plot_draws_the_benchmark_rows():
     assert [list(v) for v in lines["hf float32"]] == [[1, 4], [50.0, 120.0]]
     # the roofline: tokens/s at the weight-read limit, rising with the batch
     assert [list(v) for v in lines["weight-read roofline (float32)"]] == [[1, 4], [400.0, 1600.0]]
+
+
+def _gpu_check(tmp_path: Path, *overrides: str) -> tuple[subprocess.CompletedProcess, dict]:
+    out = tmp_path / "check.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "eval" / "gpu_check.py"), f"out={out}",
+                           "device=cpu", *overrides, f"hydra.run.dir={tmp_path}"],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc, json.loads(out.read_text())
+
+
+def test_gpu_check_runs_every_part_at_tiny_sizes_on_cpu(tmp_path):
+    proc, report = _gpu_check(tmp_path)
+    rows = {row["part"]: row for row in report["rows"]}
+    assert set(rows) == {"vqgan_f16_16384", "prior_gpt2_medium", "prior_gpt2_xl",
+                         "decode_gpt2_medium", "suite_coco_generation"}
+    assert all(row["status"] == "ok" for row in rows.values()), report["rows"]
+    for part in ("vqgan_f16_16384", "prior_gpt2_medium", "prior_gpt2_xl"):
+        assert rows[part]["seconds_per_step"] > 0 and rows[part]["tflops"] > 0
+        assert rows[part]["peak_memory_gb"] > 0
+    assert rows["prior_gpt2_xl"]["activation_checkpointing"] is True
+    assert 0 < rows["decode_gpt2_medium"]["roofline_fraction"]
+    assert rows["decode_gpt2_medium"]["dtype"] == "bfloat16"
+    assert rows["suite_coco_generation"]["pngs_written"] == 4
+    assert "| seconds_per_step |" in proc.stdout and (tmp_path / "check.md").is_file()
+
+
+def test_gpu_check_reports_a_part_past_its_time_limit_as_failed(tmp_path):
+    _, report = _gpu_check(tmp_path, "parts=[decode_gpt2_medium]",
+                           "timeouts.decode_gpt2_medium=2")
+    assert report["rows"] == [{"part": "decode_gpt2_medium",
+                               "status": "failed: timed out after 2 s",
+                               "part_s": report["rows"][0]["part_s"]}]
+    assert report["rows"][0]["part_s"] < 10

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import json
-import platform
 import time
-from datetime import date
 from typing import Any
 
 import hydra
 import pytorch_lightning as pl
-import torch
 from omegaconf import DictConfig
 
 from clipgen.jobs.training import build_stage, compiled_if_asked, trainer_precision
+from clipgen.run_info import machine_description
 
 
 class StepTimer(pl.Callback):
@@ -33,14 +31,6 @@ class StepTimer(pl.Callback):
         if self._last is not None and self._seen > self.warmup:
             self.times.append(now - self._last)
         self._last = now
-
-
-def machine_description() -> dict[str, Any]:
-    out = {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-           "torch": torch.__version__, "date": date.today().isoformat()}
-    if torch.cuda.is_available():
-        out["gpu"] = torch.cuda.get_device_name(0)
-    return out
 
 
 def measure_training(cfg: DictConfig, warmup: int, steps: int) -> dict[str, Any]:
