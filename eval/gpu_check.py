@@ -16,7 +16,7 @@ import hydra
 from omegaconf import DictConfig
 
 from clipgen.jobs.entry import run_job
-from clipgen.jobs.gpu_check import run_all, run_part, write_report
+from clipgen.jobs.hardware_check import run_all, run_part, write_report
 from clipgen.run_info import machine_description
 
 

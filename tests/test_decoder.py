@@ -137,10 +137,14 @@ def test_prepared_weights_follow_parameter_updates(prior):
     assert decoder_weights(prior, torch.float32, torch.device("cpu")) is not first
 
 
-def test_precision_settings():
+def test_precision_settings(monkeypatch):
+    import clipgen.generation.decoder as decoder
+
     assert resolve_dtype("float32", torch.device("cpu")) == torch.float32
     assert resolve_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
-    assert resolve_dtype("auto", torch.device("cpu")) in (torch.float32, torch.bfloat16)
+    for fast_bf16, dtype in ((True, torch.bfloat16), (False, torch.float32)):
+        monkeypatch.setattr(decoder, "cpu_has_fast_bf16", lambda fast=fast_bf16: fast)
+        assert resolve_dtype("auto", torch.device("cpu")) == dtype
     with pytest.raises(ValueError, match="float16 needs a GPU"):
         resolve_dtype("float16", torch.device("cpu"))
     with pytest.raises(ValueError, match="decoder must be one of"):
