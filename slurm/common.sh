@@ -45,3 +45,18 @@ clipgen_train() {
     "$PYTHON" train.py "$@" "${trainer[@]}" trainer.devices="$GPUS_PER_NODE" \
     trainer.num_nodes="$NODES" ckpt_path=last hydra.run.dir="$RUN_DIR"
 }
+
+# Each script's arguments are Hydra overrides. An sbatch option given to the script instead of
+# to sbatch (`sbatch slurm/prior.sbatch --nodes=4`) would reach Hydra: refuse it. Sourced
+# without arguments, this file sees the script's own.
+clipgen_check_args() {
+  local arg
+  for arg in "$@"; do
+    if [[ $arg == -* ]]; then
+      echo "error: $arg is not a Hydra override; sbatch options go before the script:" \
+        "sbatch $arg slurm/<script>.sbatch <overrides>" >&2
+      return 2
+    fi
+  done
+}
+clipgen_check_args "$@" || exit 2

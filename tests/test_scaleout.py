@@ -202,6 +202,29 @@ def test_slurm_dry_run_prints_the_srun_command():
         "trainer.num_nodes=2 ckpt_path=last hydra.run.dir=outputs/slurm/g-77")
 
 
+@pytest.mark.parametrize("script", ["prior.sbatch", "eval.sbatch", "precompute.sbatch"])
+def test_slurm_scripts_refuse_an_sbatch_option_given_after_the_script(script):
+    env = {**os.environ, "DRY_RUN": "1"}
+    proc = subprocess.run(["bash", str(ROOT / "slurm" / script), "experiment=coco_gpt2_medium",
+                           "--nodes=4"], env=env, capture_output=True, text=True)
+    assert proc.returncode == 2 and "srun" not in proc.stdout
+    assert "--nodes=4 is not a Hydra override; sbatch options go before the script" in proc.stderr
+
+
+def test_slurm_submit_creates_the_log_folder_then_calls_sbatch(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "sbatch"
+    fake.write_text('#!/bin/bash\necho "sbatch $*"\n')
+    fake.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    proc = subprocess.run(["bash", str(ROOT / "slurm" / "submit.sh"), "--nodes=4",
+                           "slurm/prior.sbatch", "experiment=x"], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, check=True)
+    assert (tmp_path / "outputs" / "slurm").is_dir()
+    assert proc.stdout.strip() == "sbatch --nodes=4 slurm/prior.sbatch experiment=x"
+
+
 @pytest.mark.parametrize("trainer,strategy", [(None, "ddp"), ("fsdp", "fsdp_strategy")])
 def test_slurm_command_composes_the_users_trainer(trainer, strategy):
     from hydra import compose, initialize_config_dir
