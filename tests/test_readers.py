@@ -309,3 +309,21 @@ def test_the_coco_recipe_of_data_readme_runs_on_a_fake_layout(tmp_path, monkeypa
     samples = list(instantiate(cfg.data).train_set)
     assert sorted(s["caption"] for s in samples) == ["image 0 c0", "image 1 c0"]  # per image
     assert [len(s["meta"]["captions"]) for s in samples] == [3, 3]
+
+
+def test_precompute_without_a_val_split_stops_before_writing_anything(tmp_path):
+    from hydra import compose, initialize_config_dir
+
+    from clipgen.jobs.build_cache import check_splits, run_precompute
+
+    cache = tmp_path / "cache"
+    configs = str(Path(__file__).resolve().parents[1] / "configs")
+    with initialize_config_dir(configs, version_base="1.3"):
+        cfg = compose("precompute", overrides=[
+            "experiment=shapes_prior", "data=webdataset", f"data.train.urls={tmp_path}/x.tar",
+            f"cache_dir={cache}"], return_hydra_config=True)
+    with pytest.raises(ValueError, match=r"no val dataset.*splits=\[train\]"):
+        run_precompute(cfg)
+    assert not cache.exists()
+    cfg.splits = ["train"]
+    check_splits(cfg)  # the training split alone is fine

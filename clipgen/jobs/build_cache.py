@@ -116,11 +116,28 @@ def once_through(data: DictConfig) -> DictConfig:
     return data
 
 
+def check_splits(cfg: DictConfig) -> None:
+    """Refuse, before any model loads or any file is written, a split to encode that the
+    data config does not define."""
+    unknown = [s for s in cfg.splits if s not in ("train", "val")]
+    if unknown:
+        raise ValueError(f"splits={list(cfg.splits)}: unknown {unknown}; use train and/or val")
+    if "val" in cfg.splits and cfg.data.get("val") is None:
+        raise ValueError("the data config has no val dataset, and splits asks for one: encode "
+                         "the training split alone with splits=[train], or give a validation "
+                         "set (data.val=..., see data/README.md); the prior then trains "
+                         "without validation")
+    if "train" in cfg.splits and cfg.data.get("train") is None:
+        raise ValueError("the data config has no train dataset: set data.train or "
+                         "splits=[val]")
+
+
 def run_precompute(cfg: DictConfig) -> list[Path]:
     """Encode `cfg.splits` of `cfg.data` with `cfg.model.tokenizer` and `cfg.model.clip`
     into `cfg.cache_dir/<split>/part-<rank>/`; return the parts written."""
     if not cfg.get("cache_dir"):
         raise ValueError("set cache_dir=<folder> for the cache")
+    check_splits(cfg)
     rank, world = process_rank()
     # webdataset splits shards by these variables when torch.distributed is not initialised
     os.environ.setdefault("RANK", str(rank))
@@ -135,8 +152,6 @@ def run_precompute(cfg: DictConfig) -> list[Path]:
     parts = []
     for split in cfg.splits:
         dataset = {"train": datamodule.train_set, "val": datamodule.val_set}[split]
-        if dataset is None:
-            raise ValueError(f"the data config has no {split} dataset")
         if not isinstance(dataset, IterableDataset):
             dataset = Subset(dataset, range(rank, len(dataset), world))
         loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=False,
