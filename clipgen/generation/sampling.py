@@ -57,23 +57,27 @@ class SamplingConfig:
         if self.compile and self.decoder != "static":
             raise ValueError("compile applies to the static decoder only (decoder=static)")
 
-    def guided_at(self, position: int) -> bool:
-        """Whether guidance applies when sampling the token at `position`."""
-        if self.guidance_scale == 1.0:
-            return False
+    def in_interval(self, position: int) -> bool:
+        """Whether `position` lies in the guidance interval (every position when unset)."""
         if self.guidance_interval is None:
             return True
         start, end = self.guidance_interval
         return start <= position < end
 
-    def last_guided(self, n_tokens: int) -> int:
-        """The last position that uses guidance (-1: none)."""
-        if self.guidance_scale == 1.0:
-            return -1
+    def last_in_interval(self, n_tokens: int) -> int:
+        """The last position of the guidance interval (-1: none)."""
         if self.guidance_interval is None:
             return n_tokens - 1
         start, end = self.guidance_interval
         return min(end, n_tokens) - 1 if end > start else -1
+
+    def guided_at(self, position: int) -> bool:
+        """Whether guidance applies when sampling the token at `position`."""
+        return self.guidance_scale != 1.0 and self.in_interval(position)
+
+    def last_guided(self, n_tokens: int) -> int:
+        """The last position that uses guidance (-1: none)."""
+        return -1 if self.guidance_scale == 1.0 else self.last_in_interval(n_tokens)
 
 
 def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None
@@ -110,10 +114,26 @@ def pick_tokens(logits: torch.Tensor, cfg: SamplingConfig,
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
+def composed_logits(logits: torch.Tensor, weights: torch.Tensor, with_null: bool = True
+                    ) -> torch.Tensor:
+    """A product of experts over the parts of B prompts (composable guidance, Liu et al. 2022,
+    "Compositional Visual Generation with Composable Diffusion Models"): from logits of P blocks
+    of B conditional rows (part-major) followed, `with_null`, by B null rows, and (B, P)
+    weights, null + sum_i w_i (cond_i - null). Without null rows (outside the guidance
+    interval) the weights are normalised to sum 1, where the null term cancels:
+    sum_i (w_i / sum w) cond_i. One part of weight s is classifier-free guidance at scale s."""
+    b, p = weights.shape
+    weights = weights.to(logits.dtype)[..., None]
+    parts = logits[:p * b].view(p, b, -1)
+    if not with_null:
+        return (weights / weights.sum(1, keepdim=True)).transpose(0, 1).mul(parts).sum(0)
+    null = logits[p * b:(p + 1) * b]
+    return null + (weights.transpose(0, 1) * (parts - null)).sum(0)
+
+
 def guided_logits(logits: torch.Tensor, b: int, scale: float) -> torch.Tensor:
     """null + scale * (cond - null) from (2B, V) logits whose first B rows are conditional."""
-    cond, null = logits[:b], logits[b:2 * b]
-    return null + scale * (cond - null)
+    return composed_logits(logits, torch.full((b, 1), float(scale), device=logits.device))
 
 
 class _HFStepper:
@@ -121,8 +141,10 @@ class _HFStepper:
     sequence at every step."""
 
     def __init__(self, prior: CLIPPrior, prefix: torch.Tensor, cached: bool,
-                 memory: Memory | None) -> None:
+                 memory: Memory | None, prompts: int) -> None:
+        """`prompts`: rows per block (the prefix holds blocks of parts and null rows)."""
         self.prior, self.prefix, self.cached, self.memory = prior, prefix, cached, memory
+        self.prompts = prompts
         self.past: Any = None
         self.tokens = prefix.new_zeros((len(prefix), 0), dtype=torch.long)
 
@@ -133,8 +155,8 @@ class _HFStepper:
         return self.prior.full_logits(self.prefix, self.tokens, self.memory).float()
 
     def next(self, tokens: torch.Tensor, position: int) -> torch.Tensor:
-        rows = len(self.prefix)  # the reference keeps every row to the end
-        tokens = tokens.repeat(rows // len(tokens))
+        # the reference keeps every row (parts and null) to the end
+        tokens = tokens[:self.prompts].repeat(len(self.prefix) // self.prompts)
         if self.cached:
             logits, self.past = self.prior.step(self.prior.token_embeddings(tokens)[:, None],
                                                 self.past, self.memory)
@@ -166,23 +188,38 @@ class _StaticStepper:
 @torch.no_grad()
 def sample_tokens(prior: CLIPPrior, cond: torch.Tensor, cfg: SamplingConfig | None = None,
                   generator: torch.Generator | None = None,
-                  on_token: Callable[[int, torch.Tensor], None] | None = None) -> torch.Tensor:
+                  on_token: Callable[[int, torch.Tensor], None] | None = None,
+                  part_weights: torch.Tensor | None = None) -> torch.Tensor:
     """Sample (B, n_tokens) image tokens for B conditions: (B, cond_dim) CLIP embeddings, or
     (B, caption_length) caption token ids for a caption-conditioned prior.
 
     With guidance (scale != 1) the batch holds B conditional rows and B null rows; both get
     the same sampled token. Guidance applies at the positions `cfg.guidance_interval` names.
+    With `part_weights` ((B, P), composable prompts), `cond` holds P conditions per prompt,
+    (B, P, ...), and each token is drawn from `composed_logits` of the P parts and the null
+    condition inside the guidance interval (the weights take the guidance scale's place), and
+    of the P parts with normalised weights outside it.
     `on_token(i, tokens)` is called after position i is drawn (tokens beyond i are zero).
     """
     cfg = cfg or SamplingConfig()
     b, n, k = cond.shape[0], prior.config.n_tokens, prior.config.n_prefix
-    last_guided = cfg.last_guided(n)
+    if part_weights is None:
+        weights, parts = torch.full((b, 1), float(cfg.guidance_scale)), cond
+        last_guided = cfg.last_guided(n)
+    else:
+        weights, parts = part_weights.float(), cond.transpose(0, 1).flatten(0, 1)
+        if weights.shape != cond.shape[:2]:
+            raise ValueError(f"part_weights {tuple(weights.shape)} do not match the conditions' "
+                             f"(prompts, parts) {tuple(cond.shape[:2])}")
+        last_guided = cfg.last_in_interval(n)
+    weights = weights.to(cond.device)
+    p = weights.shape[1]
     guided = last_guided >= 0
-    rows = torch.cat([cond, cond]) if guided else cond
+    rows = torch.cat([parts, parts[:b]]) if guided else parts
     null_mask = None
     if guided:
-        null_mask = torch.zeros(2 * b, dtype=torch.bool, device=cond.device)
-        null_mask[b:] = True
+        null_mask = torch.zeros(len(rows), dtype=torch.bool, device=cond.device)
+        null_mask[p * b:] = True
     dtype = resolve_dtype(cfg.dtype, cond.device)
     prefix = prior.prefix(rows, null_mask)
     memory = prior.memory(rows, null_mask)
@@ -190,15 +227,20 @@ def sample_tokens(prior: CLIPPrior, cond: torch.Tensor, cfg: SamplingConfig | No
     if cfg.decoder == "static":
         stepper: Any = _StaticStepper(prior, prefix, dtype, cfg.compile, memory)
     else:
-        stepper = _HFStepper(prior, prefix, cached=cfg.decoder == "hf", memory=memory)
+        stepper = _HFStepper(prior, prefix, cached=cfg.decoder == "hf", memory=memory,
+                             prompts=b)
         if dtype != torch.float32:
             autocast = torch.autocast(cond.device.type, dtype=dtype)
     out = torch.zeros(b, n, dtype=torch.long, device=cond.device)
     with autocast:
         logits = stepper.first()
         for i in range(n):
-            step_logits = (guided_logits(logits, b, cfg.guidance_scale) if cfg.guided_at(i)
-                           else logits[:b])
+            if guided and (cfg.in_interval(i) if part_weights is not None else cfg.guided_at(i)):
+                step_logits = composed_logits(logits, weights)
+            elif p == 1:
+                step_logits = logits[:b]
+            else:
+                step_logits = composed_logits(logits, weights, with_null=False)
             tok = pick_tokens(step_logits, cfg, generator)
             out[:, i] = tok
             if on_token:
@@ -206,7 +248,7 @@ def sample_tokens(prior: CLIPPrior, cond: torch.Tensor, cfg: SamplingConfig | No
             if i == n - 1:
                 break
             # null rows are needed while a later position is guided
-            logits = stepper.next(torch.cat([tok, tok]) if i + 1 <= last_guided else tok, k + i)
+            logits = stepper.next(tok.repeat(p + 1 if i + 1 <= last_guided else p), k + i)
     return out
 
 

@@ -11,6 +11,7 @@ import torch
 from tqdm import tqdm
 
 from clipgen.checkpoint import fingerprint
+from clipgen.generation.prompt_parts import is_composed, parse_prompt
 from clipgen.generation.sampling import SamplingConfig, rerank, sample_tokens
 from clipgen.models.bundle import bundle_clip, check_bundle
 from clipgen.models.clip import FrozenCLIP
@@ -27,19 +28,25 @@ class Conditions:
 
     clip: torch.Tensor
     prior: torch.Tensor
+    # composable prompts: (B, P) weights of the P parts whose conditions `prior` holds as
+    # (B, P, ...); None for plain prompts
+    part_weights: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.clip)
 
+    def _map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> Conditions:
+        return Conditions(fn(self.clip), fn(self.prior),
+                          None if self.part_weights is None else fn(self.part_weights))
+
     def to(self, device: torch.device) -> Conditions:
-        return Conditions(self.clip.to(device), self.prior.to(device))
+        return self._map(lambda t: t.to(device))
 
     def repeat_interleave(self, repeats: int) -> Conditions:
-        return Conditions(self.clip.repeat_interleave(repeats, dim=0),
-                          self.prior.repeat_interleave(repeats, dim=0))
+        return self._map(lambda t: t.repeat_interleave(repeats, dim=0))
 
     def __getitem__(self, rows: slice) -> Conditions:
-        return Conditions(self.clip[rows], self.prior[rows])
+        return self._map(lambda t: t[rows])
 
 
 @dataclass
@@ -111,12 +118,34 @@ class TextToImage:
 
     @torch.no_grad()
     def text_conditions(self, prompts: Sequence[str]) -> Conditions:
-        """The conditions of text prompts, for this prior's conditioning."""
+        """The conditions of text prompts, for this prior's conditioning. Composable prompts
+        ("a blue shape AND a star", `clipgen.generation.prompt_parts`) condition on each part;
+        candidates are reranked against the weighted mean of their positive parts."""
         prompts = list(prompts)
+        if any(is_composed(p) for p in prompts):
+            return self._composed_conditions(prompts)
         emb = self.clip.encode_text(prompts)
         if not self.prior.config.reads_captions:
             return Conditions(emb, emb)
         return Conditions(emb, self.prior.prompt_condition(prompts, self.clip))
+
+    def _composed_conditions(self, prompts: list[str]) -> Conditions:
+        parsed = [parse_prompt(p) for p in prompts]
+        if len({len(parts) for parts in parsed}) > 1:
+            raise ValueError("composable prompts sampled together must have the same number of "
+                             f"parts; got {[len(parts) for parts in parsed]} for {prompts}: "
+                             "sample them in separate runs")
+        texts = [part.text for parts in parsed for part in parts]
+        weights = torch.tensor([[part.weight for part in parts] for parts in parsed])
+        emb = self.clip.encode_text(texts).view(len(prompts), weights.shape[1], -1)
+        positive = weights.clamp(min=0).to(emb.device)[..., None]
+        rerank_emb = torch.nn.functional.normalize((positive * emb).sum(1), dim=-1)
+        if self.prior.config.reads_captions:
+            cond = self.prior.prompt_condition(texts, self.clip)
+            cond = cond.view(len(prompts), weights.shape[1], *cond.shape[1:])
+        else:
+            cond = emb
+        return Conditions(rerank_emb, cond, weights.to(emb.device))
 
     @torch.no_grad()
     def image_conditions(self, images: torch.Tensor) -> Conditions:
@@ -150,7 +179,7 @@ class TextToImage:
             chunk = rows[start:start + batch_size]
             on_token = self._previewer(on_preview) if on_preview else None
             tokens = sample_tokens(self.prior, chunk.prior, sampling, generator=gen,
-                                   on_token=on_token)
+                                   on_token=on_token, part_weights=chunk.part_weights)
             decoded = self.vqgan.decode_tokens(tokens).float().clamp(-1, 1)
             images.append(decoded.cpu())
             cosines.append((self.clip.encode_image(decoded) * chunk.clip).sum(-1).cpu())
