@@ -70,6 +70,15 @@ def test_a_prompt_returns_the_kept_images_and_their_records(server):
     assert any(u[2].startswith("clipgen: working") for u in updates[:-1])
 
 
+def test_a_prompt_the_world_cannot_draw_is_named_in_the_status(server):
+    from gradio_client import Client
+
+    client = Client(server, verbose=False)
+    job = client.submit(*_settings(prompt="two circles").values(), api_name="/generate")
+    _, _, status = job.result(timeout=120)
+    assert status.startswith("done: 2 image(s)") and "warning: prompt 'two circles'" in status
+
+
 @pytest.mark.parametrize("method", ["clipgen", "optimize", "evolve"])
 def test_each_generator_runs_in_bf16_from_the_page(server, method):
     from gradio_client import Client

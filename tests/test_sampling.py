@@ -81,13 +81,18 @@ def _sample(*args, cwd):
 
 def test_sample_py_writes_the_promised_files(tmp_path):
     bundle = write_tiny_bundle(tmp_path / "bundle")
-    (tmp_path / "prompts.txt").write_text("a red circle\n\na blue star\n")
+    (tmp_path / "prompts.txt").write_text("a red circle\n\na blue star\n\ntwo circles\n")
     out = tmp_path / "out"
     run = _sample(f"bundle={bundle}", f"prompt_file={tmp_path / 'prompts.txt'}",
                   "samples_per_prompt=2", "n_candidates=3", f"hydra.run.dir={out}", cwd=tmp_path)
     assert run.returncode == 0, run.stderr
     records = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
-    assert [r["prompt"] for r in records] == ["a red circle"] * 2 + ["a blue star"] * 2
+    assert [r["prompt"] for r in records] == (["a red circle"] * 2 + ["a blue star"] * 2
+                                              + ["two circles"] * 2)
+    # the one prompt the Shapes world cannot draw is named, and still sampled
+    assert "warning: prompt 'two circles' asks for what the Shapes world cannot draw: " \
+           "several objects" in run.stderr
+    assert run.stderr.count("warning: prompt") == 1
     assert all((out / r["file"]).is_file() for r in records)
     assert (out / "000_a_red_circle_grid.png").is_file()
     assert (out / "001_a_blue_star_grid.png").is_file()

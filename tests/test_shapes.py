@@ -195,3 +195,28 @@ def test_negative_captions_change_one_attribute_the_caption_names():
     sample = ShapesDataset(4, negative_captions=2)[1]
     negatives = sample["negative_captions"]
     assert len(negatives) == 2 and sample["caption"] not in negatives
+
+
+@pytest.mark.parametrize("prompt, reason", [
+    ("two circles", "several objects (circles, two)"),
+    ("3 red stars", "several objects (3, stars)"),
+    ("a red circle and a blue star", "several objects (blue, circle, red, star)"),
+    ("a brown circle", "unknown colour brown"),
+    ("a large hexagon", "unknown shape hexagon"),
+    ("a star AND two squares", "several objects (squares, two)"),
+])
+def test_prompts_the_shapes_world_cannot_draw_are_named(prompt, reason):
+    from clipgen.generation.shapes_requests import undrawable_requests
+
+    assert any(r.startswith(reason) for r in undrawable_requests(prompt)), \
+        undrawable_requests(prompt)
+
+
+@pytest.mark.parametrize("prompt", ["a large green star on a black background",
+                                    "a small cyan diamond in the top left",
+                                    "a blue shape AND a star", "a photo of an orange square"])
+def test_prompts_the_shapes_world_draws_raise_no_warning(prompt):
+    from clipgen.generation.shapes_requests import shapes_warnings, undrawable_requests
+
+    assert undrawable_requests(prompt) == []
+    assert shapes_warnings(["two cats"], "ViT-B-32") == []  # other worlds: no Shapes reading

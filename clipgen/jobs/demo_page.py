@@ -25,6 +25,7 @@ from clipgen.generation.settings import (
     resolve_device,
     settings_record,
 )
+from clipgen.generation.shapes_requests import shapes_warnings
 from clipgen.generation.text_to_image import TextToImage
 from clipgen.jobs.entry import USER_ERRORS
 from clipgen.jobs.sample_run import read_image, sample_record, slug
@@ -145,7 +146,9 @@ def generation_stream(pipe: TextToImage, cfg: DictConfig, prompt: str, image: st
         out_dir = Path(tempfile.mkdtemp(prefix="clipgen-demo-"))
         gallery, files = write_results(outcome["results"], label, run.seed,
                                        settings_record(run), out_dir)
-        yield gallery, files, f"done: {len(gallery)} image(s) for {label!r}"
+        notes = "" if image else "".join(
+            f" (warning: {line})" for line in shapes_warnings([label], pipe.clip.arch))
+        yield gallery, files, f"done: {len(gallery)} image(s) for {label!r}{notes}"
     finally:
         stop.set()  # a closed (cancelled) request stops its worker at the next preview
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import sys
 from pathlib import Path
 
 import torch
@@ -23,6 +24,7 @@ from clipgen.generation.settings import (
     resolve_device,
     settings_record,
 )
+from clipgen.generation.shapes_requests import shapes_warnings
 from clipgen.generation.text_to_image import TextToImage
 
 log = logging.getLogger(__name__)
@@ -86,6 +88,9 @@ def run_sampling(cfg: DictConfig) -> Path:
         cond = generator.image_conditions(read_image(cfg.image, generator))
     else:
         labels = read_prompts(cfg)
+        for line in shapes_warnings(labels, generator.clip.arch):
+            log.warning(line)
+            print(f"warning: {line}", file=sys.stderr)
         cond = generator.text_conditions(labels)
     init = None
     if cfg.get("init_image"):
