@@ -35,26 +35,28 @@ def effective_batch(batch_size: int, devices: int, num_nodes: int, accumulate: i
             "effective": batch_size * devices * num_nodes * accumulate}
 
 
+@lru_cache(maxsize=1)
+def _cpuinfo() -> str:
+    """/proc/cpuinfo, read once; empty where there is none (not Linux)."""
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+
+
 def cpu_model() -> str:
     """The processor's model name (from /proc/cpuinfo on Linux), else the architecture."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:  # not Linux
-        pass
+    for line in _cpuinfo().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine()
 
 
-@lru_cache(maxsize=1)
 def cpu_has_fast_bf16() -> bool:
     """Whether this CPU multiplies bf16 matrices natively (AMX or AVX512-BF16): without either,
-    PyTorch emulates bf16 and runs far slower than fp32."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:  # not Linux: assume no native bf16
-        return False
-    return any(f in flags.split() for f in ("amx_bf16", "avx512_bf16"))
+    PyTorch emulates bf16 and runs far slower than fp32 (and without /proc/cpuinfo, assume
+    none)."""
+    return any(f in _cpuinfo().split() for f in ("amx_bf16", "avx512_bf16"))
 
 
 def training_precision(requested: str, accelerator: str) -> tuple[str, str]:

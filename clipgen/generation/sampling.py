@@ -215,6 +215,9 @@ def sample_tokens(prior: CLIPPrior, cond: torch.Tensor, cfg: SamplingConfig | No
     weights = weights.to(cond.device)
     p = weights.shape[1]
     guided = last_guided >= 0
+    # composed prompts use the null rows wherever the interval says; plain ones only with
+    # a guidance scale
+    uses_null = cfg.in_interval if part_weights is not None else cfg.guided_at
     rows = torch.cat([parts, parts[:b]]) if guided else parts
     null_mask = None
     if guided:
@@ -235,7 +238,7 @@ def sample_tokens(prior: CLIPPrior, cond: torch.Tensor, cfg: SamplingConfig | No
     with autocast:
         logits = stepper.first()
         for i in range(n):
-            if guided and (cfg.in_interval(i) if part_weights is not None else cfg.guided_at(i)):
+            if uses_null(i):
                 step_logits = composed_logits(logits, weights)
             elif p == 1:
                 step_logits = logits[:b]

@@ -42,9 +42,8 @@ def undrawable_requests(prompt: str) -> list[str]:
         if unknown_colors:
             found.append(f"unknown colour {', '.join(unknown_colors)}: object colours are "
                          f"{', '.join(OBJECT_COLORS)}; backgrounds {', '.join(BACKGROUND_COLORS)}")
-        unknown_shapes = sorted({w.rstrip("s") if w.rstrip("s") in OTHER_SHAPES else w
-                                 for w in words if w in OTHER_SHAPES
-                                 or w.rstrip("s") in OTHER_SHAPES})
+        # each word as it is, and without a plural "s"
+        unknown_shapes = sorted({s for w in words for s in (w, w[:-1]) if s in OTHER_SHAPES})
         if unknown_shapes:
             found.append(f"unknown shape {', '.join(unknown_shapes)}: shapes are "
                          f"{', '.join(SHAPES)}")
