@@ -105,12 +105,14 @@ def test_precompute_from_shards_encodes_each_image_once(tmp_path):
     export_shapes(tmp_path / "shards", 14, image_size=16, shard_size=5, progress=False)
     with initialize_config_dir(str(CONFIGS), version_base="1.3"):
         cfg = compose("precompute", overrides=[
-            "experiment=shapes_prior", "data=webdataset", "resolution=16", "splits=[train]",
-            f"data.train.urls='{tmp_path}/shards/{{00000..00002}}.tar'", "data.num_workers=0",
+            "experiment=shapes_prior", "data=webdataset", "resolution=16",
+            f"data.train.urls='{tmp_path}/shards/{{00000..00001}}.tar'", "data.num_workers=0",
+            f"data.val.urls={tmp_path}/shards/00002.tar",  # one setting adds a validation set
             f"bundle_dir={bundle}", f"cache_dir={tmp_path}/cache", "batch_size=4"])
     assert cfg.data.train.resampled  # as configured for training; precompute reads once
     run_precompute(cfg)
-    assert len(PrecomputedDataset(tmp_path / "cache" / "train")) == 2 * 14  # with flips
+    assert len(PrecomputedDataset(tmp_path / "cache" / "train")) == 2 * 10  # with flips
+    assert len(PrecomputedDataset(tmp_path / "cache" / "val")) == 2 * 4
 
 
 @pytest.mark.parametrize("name", ["coco_gpt2_medium_text", "coco_gpt2_medium_clip_text"])

@@ -36,6 +36,13 @@ def collate_samples(batch: list[dict | None]) -> dict[str, Any]:
     return out
 
 
+def split_configured(data: Any, split: str) -> bool:
+    """Whether a data config defines `split` (train or val): a dataset node that is not null
+    and, for shard readers, whose `urls` are given (`data=webdataset` leaves `val.urls` null)."""
+    node = data.get(split)
+    return node is not None and not ("urls" in node and node.urls is None)
+
+
 class ImageTextDataModule(pl.LightningDataModule):
     """Train and validation loaders over datasets built from config (`_target_` entries).
 

@@ -104,3 +104,11 @@ class WebImageTextDataset(wds.DataPipeline):
         super().__init__(*stages)
         if epoch_length is not None:
             self.with_epoch(epoch_length)
+
+
+def optional_web_dataset(urls: str | Sequence[str] | None = None, **reader: object
+                         ) -> WebImageTextDataset | None:
+    """A `WebImageTextDataset` over `urls`, or None (no dataset) when no urls are given: the
+    validation split of `data=webdataset`, whose reader settings stay filled in so that
+    `data.val.urls=...` alone adds a validation set."""
+    return None if urls is None else WebImageTextDataset(urls, **reader)

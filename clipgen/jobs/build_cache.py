@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, IterableDataset, Subset
 from tqdm import tqdm
 
-from clipgen.data.datamodule import collate_samples
+from clipgen.data.datamodule import collate_samples, split_configured
 from clipgen.data.precomputed import check_vocab_fits, write_cache_part
 from clipgen.data.skips import describe_skips, skip_summary
 from clipgen.distributed import process_rank
@@ -122,12 +122,13 @@ def check_splits(cfg: DictConfig) -> None:
     unknown = [s for s in cfg.splits if s not in ("train", "val")]
     if unknown:
         raise ValueError(f"splits={list(cfg.splits)}: unknown {unknown}; use train and/or val")
-    if "val" in cfg.splits and cfg.data.get("val") is None:
-        raise ValueError("the data config has no val dataset, and splits asks for one: encode "
-                         "the training split alone with splits=[train], or give a validation "
-                         "set (data.val=..., see data/README.md); the prior then trains "
-                         "without validation")
-    if "train" in cfg.splits and cfg.data.get("train") is None:
+    if "val" in cfg.splits and not split_configured(cfg.data, "val"):
+        raise ValueError("the data config has no val dataset, and splits asks for one: give a "
+                         "validation set (data=webdataset: data.val.urls='<shards>'; "
+                         "data=folder holds one out by data.train.val_fraction; see "
+                         "data/README.md), or encode the training split alone with "
+                         "splits=[train] (the prior then trains without validation)")
+    if "train" in cfg.splits and not split_configured(cfg.data, "train"):
         raise ValueError("the data config has no train dataset: set data.train or "
                          "splits=[val]")
 
@@ -142,13 +143,13 @@ def run_precompute(cfg: DictConfig) -> list[Path]:
     # webdataset splits shards by these variables when torch.distributed is not initialised
     os.environ.setdefault("RANK", str(rank))
     os.environ.setdefault("WORLD_SIZE", str(world))
+    datamodule = hydra.utils.instantiate(once_through(cfg.data))  # data errors before models load
     device = torch.device(cfg.device)
     clip = FrozenCLIP(cfg.model.clip.arch, cfg.model.clip.get("pretrained"),
                       cfg.model.clip.get("random_weights", False)).to(device)
     arch = cfg.model.tokenizer.get("arch")
     vqgan = load_vqgan(cfg.model.tokenizer.path,
                        OmegaConf.to_container(arch, resolve=True) if arch else None).to(device)
-    datamodule = hydra.utils.instantiate(once_through(cfg.data))
     parts = []
     for split in cfg.splits:
         dataset = {"train": datamodule.train_set, "val": datamodule.val_set}[split]

@@ -9,7 +9,8 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
 
 from clipgen.checkpoint import CheckpointMismatchError, UnreadableCheckpointError
 
@@ -23,11 +24,22 @@ def start_up() -> None:
     torch.set_flush_denormal(True)
 
 
+def check_settings_given(cfg: DictConfig) -> None:
+    """Resolve the whole config now, before any model loads or file is written: a required
+    setting left unset (`???`) raises a ValueError that names it."""
+    try:
+        OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except MissingMandatoryValue as error:
+        key = error.full_key
+        raise ValueError(f"{key} is not set: give it on the command line ({key}=...); the "
+                         "config that asks for it says what it takes") from None
+
+
 def run_job(job: Callable[[DictConfig], T], cfg: DictConfig, *args: Any) -> T:
-    """Run `job(cfg, *args)` after `start_up()`; a user error prints `error: <message>` on
-    stderr and exits with status 2."""
+    """Run `job(cfg, *args)` after `start_up()` and `check_settings_given(cfg)`; a user error
+    prints `error: <message>` on stderr and exits with status 2."""
     start_up()
-    return exit_on_user_error(lambda: job(cfg, *args))
+    return exit_on_user_error(lambda: (check_settings_given(cfg), job(cfg, *args))[1])
 
 
 def exit_on_user_error(call: Callable[[], T]) -> T:

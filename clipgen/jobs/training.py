@@ -176,8 +176,12 @@ def run_training(cfg: DictConfig) -> pl.Trainer:
     """Train `cfg.stage` as configured; return the fitted Trainer."""
     pl.seed_everything(cfg.seed, workers=True)
     run_dir = Path(cfg.run_dir)
+    datamodule = hydra.utils.instantiate(cfg.data)  # data errors before any model loads
+    if getattr(datamodule, "val_set", True) is None:
+        log.warning("no validation set: stage %s trains without validation metrics; give one "
+                    "(data=folder holds out data.train.val_fraction, data=webdataset takes "
+                    "data.val.urls; see data/README.md)", cfg.stage.name)
     module = build_stage(cfg)
-    datamodule = hydra.utils.instantiate(cfg.data)
     if getattr(datamodule, "resumes_mid_epoch", False):
         # Lightning warns that a mid-epoch resume repeats data unless the DataLoader itself is
         # stateful; here the datamodule restores the position (ImageTextDataModule.state_dict).
