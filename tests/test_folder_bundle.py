@@ -136,3 +136,21 @@ def test_an_unset_required_setting_is_named_before_anything_loads(tmp_path, caps
         run_job(job, cfg)
     assert stop.value.code == 2
     assert "data.train.root is not set" in capsys.readouterr().err
+
+
+def test_an_open_clip_weights_file_becomes_the_bundles_clip(tmp_path):
+    import torch
+
+    from clipgen.jobs.folder_bundle import clip_from_file
+    from clipgen.models.bundle import bundle_clip
+    from clipgen.models.clip import FrozenCLIP
+    from tests.helpers import CLIP_ARCH, write_tiny_encoders
+
+    _, weights = write_tiny_encoders(tmp_path / "enc")
+    (tmp_path / "bundle").mkdir()
+    clip_from_file(CLIP_ARCH, weights, tmp_path / "bundle")
+    arch, converted = bundle_clip(tmp_path / "bundle")
+    images = torch.rand(2, 3, 32, 32) * 2 - 1
+    assert arch == CLIP_ARCH
+    assert torch.equal(FrozenCLIP(arch, str(converted)).encode_image(images),
+                       FrozenCLIP(arch, str(weights)).encode_image(images))
