@@ -133,14 +133,13 @@ def test_a_run_can_be_cancelled_and_uploads_are_bounded(server, tmp_path):
         client.predict(*_settings(image=handle_file(str(big))).values(), api_name="/generate")
 
 
-@pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
-                    reason="needs Debian's chromium and chromium-driver (.ci/run installs them)")
-def test_the_page_in_a_real_browser(server, tmp_path):
+@pytest.fixture
+def browser(tmp_path):
+    """A headless Chromium driven by selenium."""
+    if not (CHROMIUM and CHROMEDRIVER):
+        pytest.skip("needs Debian's chromium and chromium-driver (.ci/run installs them)")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions as ready
-    from selenium.webdriver.support.ui import WebDriverWait
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
@@ -149,21 +148,84 @@ def test_the_page_in_a_real_browser(server, tmp_path):
                  "--disable-component-update", f"--user-data-dir={tmp_path / 'profile'}",
                  "--window-size=1280,900"):
         options.add_argument(flag)
-    browser = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    try:
-        browser.get(server)
-        wait = WebDriverWait(browser, 120)
-        box = wait.until(ready.element_to_be_clickable((By.CSS_SELECTOR, "#prompt textarea")))
-        box.clear()
-        box.send_keys("a blue star")
-        browser.find_element(By.CSS_SELECTOR, "#generate").click()
-        wait.until(lambda b: "done" in b.find_element(By.CSS_SELECTOR, "#status").text)
-        images = browser.find_elements(By.CSS_SELECTOR, "#gallery img")
-        assert len(images) >= 2
-        assert "shipped Shapes bundle" not in browser.page_source  # says which model it is
-        assert "Model:" in browser.page_source
-        browser.save_screenshot(str(tmp_path / "page.png"))
-    finally:
-        browser.quit()
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    yield driver
+    driver.quit()
+
+
+def _prompt_box(browser, server):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ready
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(server)
+    return WebDriverWait(browser, 120).until(
+        ready.element_to_be_clickable((By.CSS_SELECTOR, "#prompt textarea")))
+
+
+def _erase(box) -> None:
+    """Empty a text box as a person does (select all, delete), which the page hears."""
+    from selenium.webdriver.common.keys import Keys
+
+    box.send_keys(Keys.CONTROL + "a", Keys.DELETE)
+
+
+def _wait_for_text(browser, text: str, timeout: float = 120) -> None:
+    """Wait until the page shows `text` (as rendered: no markup)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(browser, timeout).until(
+        lambda b: text in b.find_element(By.TAG_NAME, "body").text,
+        message=f"{text!r} never shown on the page")
+
+
+def test_the_page_in_a_real_browser(server, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    box = _prompt_box(browser, server)
+    box.clear()
+    box.send_keys("a blue star")
+    browser.find_element(By.CSS_SELECTOR, "#generate").click()
+    _wait_for_text(browser, "done: ")
+    images = browser.find_elements(By.CSS_SELECTOR, "#gallery img")
+    assert len(images) >= 2
+    assert "shipped Shapes bundle" not in browser.page_source  # says which model it is
+    assert "Model:" in browser.page_source
+    assert "the prompt 'a blue star'" in browser.find_element(By.CSS_SELECTOR,
+                                                              "#input_choice").text
+    browser.save_screenshot(str(tmp_path / "page.png"))
     with Image.open(tmp_path / "page.png") as shot:
         assert shot.size[0] > 600
+
+
+def test_the_page_says_which_input_it_uses_and_refuses_both(server, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    picture = tmp_path / "photo.png"
+    Image.new("RGB", (40, 30), (200, 20, 20)).save(picture)
+    _prompt_box(browser, server)
+    browser.find_element(By.CSS_SELECTOR, "#image input[type=file]").send_keys(str(picture))
+    _wait_for_text(browser, "both a prompt and an image are given: Generate refuses this")
+    browser.find_element(By.CSS_SELECTOR, "#generate").click()
+    _wait_for_text(browser, "clear the prompt to make variations of the image")
+    assert "done: " not in browser.find_element(By.CSS_SELECTOR, "#status").text
+    _erase(browser.find_element(By.CSS_SELECTOR, "#prompt textarea"))
+    _wait_for_text(browser, "the image photo.png (variations of it)")
+    browser.find_element(By.CSS_SELECTOR, "#generate").click()
+    _wait_for_text(browser, "done: 2 image(s) for 'variations of photo.png'")
+
+
+def test_a_file_that_is_not_an_image_gets_the_clear_message_in_a_browser(server, browser,
+                                                                           tmp_path):
+    from selenium.webdriver.common.by import By
+
+    notes = tmp_path / "notes.png"
+    notes.write_text("these are notes, not pixels")
+    _erase(_prompt_box(browser, server))
+    browser.find_element(By.CSS_SELECTOR, "#image input[type=file]").send_keys(str(notes))
+    _wait_for_text(browser, "the image notes.png")
+    browser.find_element(By.CSS_SELECTOR, "#generate").click()
+    _wait_for_text(browser, "is not an image PIL can read")
+    assert "UnidentifiedImageError" not in browser.page_source
+    assert "Could not preprocess" not in browser.page_source

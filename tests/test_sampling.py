@@ -9,7 +9,7 @@ from hydra import compose, initialize_config_dir
 
 from clipgen.data.transforms import to_pil
 from clipgen.generation.sampling import filter_logits, rerank, sample_tokens
-from clipgen.generation.text_to_image import TextToImage
+from clipgen.generation.text_to_image import TextToImage, unsampled_canvas
 from clipgen.jobs.sample_run import run_sampling
 from clipgen.models.prior import CLIPPrior, PriorConfig
 from tests.helpers import write_tiny_bundle
@@ -276,7 +276,20 @@ def test_previews_arrive_a_token_row_at_a_time_and_end_at_the_result(tmp_path):
                            seed=0, batch_size=2, on_preview=previews.append)
     assert len(previews) == 8  # 8 x 8 tokens: one preview per completed row
     first, last = previews[0], previews[-1]
-    assert first.shape == (2, 3, 16, 16) and (first[..., 2:, :] == 0).all()  # grey below row 1
-    assert not (first[..., :2, :] == 0).all()
+    assert first.shape == (2, 3, 16, 16)
+    blank = unsampled_canvas(2, 16, 8)
+    assert torch.equal(first[..., 2:, :], blank[..., 2:, :])  # no decoded pixel below row 1
+    # the rows so far decoded on their own: the tokens not yet drawn never reach the decoder
+    shown = []
+    on_token = t2i._previewer(shown.append)
+    tokens = torch.randint(0, 24, (2, 64))
+    filler = tokens.clone()
+    filler[:, 24:] = torch.randint(0, 24, (2, 40))
+    on_token(23, tokens)
+    on_token(23, filler)
+    assert torch.equal(shown[0], shown[1])
+    alone = t2i.vqgan.decode_tokens(tokens.view(2, 8, 8)[:, :3]).clamp(-1, 1)
+    assert torch.allclose(shown[0][..., :6, :], alone) and torch.equal(shown[0][..., 6:, :],
+                                                                      blank[..., 6:, :])
     final = results[0].images
     assert torch.equal(last.sort(0).values, final.sort(0).values)  # same images, any order

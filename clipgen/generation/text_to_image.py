@@ -57,6 +57,14 @@ class Generation:
     clip_cosine: torch.Tensor  # (keep,) cosine between image and condition embeddings
 
 
+def unsampled_canvas(batch: int, side: int, cells: int) -> torch.Tensor:
+    """(batch, 3, side, side) images in [-1, 1] showing a grey checkerboard of `cells` x
+    `cells` squares: where a preview has no sampled token yet."""
+    index = torch.arange(side) * cells // side
+    checker = ((index[:, None] + index[None, :]) % 2).float() * 0.3 - 0.15
+    return checker.expand(batch, 3, side, side).clone()
+
+
 class TextToImage:
     """VQGAN + CLIP + prior: conditions from text (or images), tokens by the prior, pixels by
     the VQGAN, candidates reranked by CLIP."""
@@ -97,17 +105,19 @@ class TextToImage:
 
     def _previewer(self, show: Callable[[torch.Tensor], None]
                    ) -> Callable[[int, torch.Tensor], None]:
-        """An `on_token` callback that decodes the tokens so far at the end of each token row
-        and greys out the image rows below them."""
+        """An `on_token` callback that, at the end of each token row, decodes the rows sampled
+        so far on their own (the tokens not yet drawn never reach the decoder) and shows them
+        above a checkerboard of the cells still to come."""
         h, w = self.vqgan.token_grid()
 
         def on_token(i: int, tokens: torch.Tensor) -> None:
             if (i + 1) % w:
                 return
-            images = self.vqgan.decode_tokens(tokens).float().clamp(-1, 1)
-            done = (i + 1) // w * images.shape[-2] // h
-            images[..., done:, :] = 0.0  # grey where no token is sampled yet
-            show(images.cpu())
+            rows = (i + 1) // w
+            done = self.vqgan.decode_tokens(tokens.view(len(tokens), h, w)[:, :rows])
+            images = unsampled_canvas(len(tokens), done.shape[-1], h)
+            images[..., :done.shape[-2], :] = done.float().clamp(-1, 1).cpu()
+            show(images)
 
         return on_token
 

@@ -94,13 +94,16 @@ def generation_stream(pipe: TextToImage, cfg: DictConfig, prompt: str, image: st
     """Run one request in a worker thread; yield (gallery, files, status) as previews arrive,
     then the results. Closing the iterator (a cancelled request) stops the worker."""
     run = request_config(cfg, **settings)
+    label = (prompt or "").strip()
+    if image and label:
+        raise ValueError("both a prompt and an image are given: clear the prompt to make "
+                         "variations of the image, or remove the image to draw the prompt")
     if image:
         if run.method != "clipgen":
             raise ValueError("an uploaded image gives variations with the clipgen generator")
         label = f"variations of {Path(image).name}"
         cond = pipe.image_conditions(read_image(image, pipe))
     else:
-        label = (prompt or "").strip()
         if not label:
             raise ValueError("empty prompt: type what the image should show, or upload an "
                              "image for variations")
@@ -139,7 +142,7 @@ def generation_stream(pipe: TextToImage, cfg: DictConfig, prompt: str, image: st
                 continue
             shown += 1
             yield ([(to_pil(im), "in progress") for im in images], [],
-                   f"{run.method}: working ({shown} previews)")
+                   f"{run.method}: working ({shown} previews) on {label!r}")
         worker.join()
         if "error" in outcome:
             raise outcome["error"]
@@ -151,6 +154,20 @@ def generation_stream(pipe: TextToImage, cfg: DictConfig, prompt: str, image: st
         yield gallery, files, f"done: {len(gallery)} image(s) for {label!r}{notes}"
     finally:
         stop.set()  # a closed (cancelled) request stops its worker at the next preview
+
+
+def input_choice(prompt: str | None, image: str | None) -> str:
+    """What the page says it will draw from: the prompt, the image, or neither / both (which a
+    request refuses)."""
+    text = (prompt or "").strip()
+    if image and text:
+        return ("**Input:** both a prompt and an image are given: Generate refuses this; clear "
+                "the prompt to vary the image, or remove the image to draw the prompt")
+    if image:
+        return f"**Input:** the image {Path(image).name} (variations of it)"
+    if text:
+        return f"**Input:** the prompt {text!r}"
+    return "**Input:** none yet: type a prompt or upload an image"
 
 
 def build_demo(cfg: DictConfig, pipe: TextToImage | None = None) -> Any:
@@ -183,8 +200,11 @@ def build_demo(cfg: DictConfig, pipe: TextToImage | None = None) -> Any:
         with gr.Row():
             with gr.Column():
                 prompt = gr.Textbox(label="Prompt", value="a red circle", elem_id="prompt")
-                image = gr.Image(label="Or an image, for variations (clipgen only)",
-                                 type="filepath", sources=["upload"])
+                # a file, not gr.Image: gradio would decode an upload before this code sees it
+                # and show its own stack dump for a file that is not an image
+                image = gr.File(label="Or an image, for variations (clipgen only; clear the "
+                                "prompt)", type="filepath", elem_id="image")
+                choice = gr.Markdown(input_choice("a red circle", None), elem_id="input_choice")
                 method = gr.Radio(list(METHODS), value=cfg.method, label="Generator")
                 with gr.Row():
                     n_candidates = gr.Slider(1, limits.max_candidates, step=1,
@@ -215,6 +235,8 @@ def build_demo(cfg: DictConfig, pipe: TextToImage | None = None) -> Any:
                                      top_k, temperature, seed, precision, steps],
                           [gallery, files, status], api_name="generate")
         cancel.click(None, None, None, cancels=[event])
+        for source in (prompt, image):
+            source.change(input_choice, [prompt, image], choice, queue=False)
     demo.queue(max_size=limits.queue_size, default_concurrency_limit=1)
     return demo
 
