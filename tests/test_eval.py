@@ -638,3 +638,28 @@ def test_gpu_check_reports_a_part_past_its_time_limit_as_failed(tmp_path):
                                "status": "failed: timed out after 2 s",
                                "part_s": report["rows"][0]["part_s"]}]
     assert report["rows"][0]["part_s"] < 10
+
+
+def few_prompts() -> list:
+    """Suite prompts for the warning test: one the Shapes world draws, one it cannot."""
+    from clipgen.evaluation.prompts import EvalPrompt
+
+    return [EvalPrompt("a red circle"), EvalPrompt("two blue stars")]
+
+
+def test_a_suite_names_the_prompts_the_shapes_world_cannot_draw(tmp_path, capsys):
+    from hydra import compose, initialize_config_dir
+
+    from clipgen.evaluation.suite import run_suite
+    from tests.helpers import write_tiny_bundle
+
+    bundle = write_tiny_bundle(tmp_path / "bundle")
+    with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("eval", overrides=[f"bundle={bundle}", "steps=[generate]", "batch_size=2",
+                                         f"out_dir={tmp_path}/e", "device=cpu",
+                                         "n_candidates=1"])
+    cfg.suite.prompts = {"_target_": "tests.test_eval.few_prompts"}
+    run_suite(cfg)
+    err = capsys.readouterr().err
+    assert "warning: 1 of 2 prompts ask for what the Shapes world cannot draw" in err
+    assert "'two blue stars'" in err and "'a red circle'" not in err

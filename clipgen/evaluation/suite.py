@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,6 +38,7 @@ from clipgen.generation.settings import (
     method_settings,
     resolve_device,
 )
+from clipgen.generation.shapes_requests import shapes_warnings
 from clipgen.generation.text_to_image import TextToImage
 from clipgen.metrics.attributes import (
     attribute_accuracy,
@@ -185,6 +187,16 @@ def write_report(report: dict[str, Any], out_dir: Path, count: int, grid_size: i
     write_atomic(out_dir / "grid.png", lambda p: grid.save(p, "PNG"))
 
 
+def undrawable_note(prompts: Sequence[EvalPrompt], clip_arch: str) -> str | None:
+    """One line counting the suite's prompts that a Shapes generator cannot draw as asked
+    (counts, several objects, unknown words), with the first of them; None when all can be."""
+    notes = shapes_warnings([p.text for p in prompts], clip_arch)
+    if not notes:
+        return None
+    return (f"{len(notes)} of {len(prompts)} prompts ask for what the Shapes world cannot "
+            f"draw; the first: {notes[0]}")
+
+
 def run_suite(cfg: DictConfig) -> dict[str, Any] | None:
     """The configured steps (`generate`, `metrics`) of one suite; returns the report when the
     metrics step ran."""
@@ -209,6 +221,9 @@ def run_suite(cfg: DictConfig) -> dict[str, Any] | None:
     timing: dict[str, float] = {}
     if "generate" in steps:
         pipe = build_generator(cfg, device)
+        if (note := undrawable_note(prompts, pipe.clip.arch)) is not None:
+            log.warning(note)
+            print(f"warning: {note}", file=sys.stderr)
         start = time.perf_counter()
         made = generate_images(method_image_generator(pipe, cfg), prompts, out_dir,
                                generator_settings(cfg, pipe), cfg.batch_size, cfg.seed, rank,
