@@ -191,19 +191,30 @@ class StaticDecoder:
         self.step_fn = torch.compile(self._step, mode=mode, dynamic=False)
 
     def _blocks(self, x: torch.Tensor, start: int | torch.Tensor, n_rows: int) -> torch.Tensor:
-        """Run the transformer blocks on x (n_rows, S, D) at positions start..start+S-1,
+        """Run the transformer blocks on x (n_rows, S, D) at positions start..start+S-1 (an
+        int; a 0-d tensor for static shapes; or (n_rows, S) positions, a window per row),
         writing keys and values into the cache; return the hidden states."""
         w, hd = self.w, self.head_dim
         b, s, d = x.shape
         mask = None
-        if isinstance(start, torch.Tensor):  # static shapes: one position, whole-cache attention
+        windows = isinstance(start, torch.Tensor) and start.ndim == 2
+        if windows:  # (rows, S) positions: each row's window where it stands
+            used = int(start.max()) + 1
+            rows = torch.arange(b, device=x.device)[:, None]
+            mask = (self.positions[:used].view(1, 1, 1, -1) <= start[:, None, :, None])
+        elif isinstance(start, torch.Tensor):  # static shapes: one position, whole cache
             mask = (self.positions <= start).view(1, 1, 1, -1)
         for i, layer in enumerate(w.layers):
             h = F.layer_norm(x, (d,), layer["ln1_w"], layer["ln1_b"], w.eps)
             qkv = w.linear(h.reshape(b * s, d), layer["qkv_w"], layer["qkv_b"])
             q, k, v = qkv.view(b, s, 3, w.n_head, hd).permute(2, 0, 3, 1, 4)
             cache_k, cache_v = self.keys[i, :n_rows], self.values[i, :n_rows]
-            if mask is not None:
+            if windows:
+                cache_k[rows, :, start] = k.transpose(1, 2)
+                cache_v[rows, :, start] = v.transpose(1, 2)
+                att = F.scaled_dot_product_attention(q, cache_k[:, :, :used],
+                                                     cache_v[:, :, :used], attn_mask=mask)
+            elif mask is not None:
                 cache_k.index_copy_(2, start.view(1), k)
                 cache_v.index_copy_(2, start.view(1), v)
                 att = F.scaled_dot_product_attention(q, cache_k, cache_v, attn_mask=mask)
@@ -241,6 +252,22 @@ class StaticDecoder:
             pos_emb = self.w.wpe[position]
         x = (self.w.wte[tokens] + pos_emb)[:, None]
         return self._logits(self._blocks(x, position, len(tokens))[:, 0])
+
+    def window(self, tokens: torch.Tensor, starts: torch.Tensor) -> torch.Tensor:
+        """Feed each row's window of S tokens ((rows, S)) at positions starts[r], starts[r] +
+        1, ... (rows may stand at different positions); (rows, S, vocab) logits of the token
+        after each. Each position sees the cache up to itself, so the entries a row wrote past
+        its window earlier are never read, only overwritten. Positions past the model's last
+        one (a window running off the end) reuse the last position embedding: their outputs
+        are not meant to be used."""
+        b, s = tokens.shape
+        positions = starts[:, None] + torch.arange(s, device=tokens.device)
+        if int(positions.max()) >= self.keys.shape[3]:
+            raise ValueError(f"window reaches position {int(positions.max())} of a "
+                             f"{self.keys.shape[3]}-position cache")
+        x = self.w.wte[tokens] + self.w.wpe[positions.clamp(max=len(self.w.wpe) - 1)]
+        hidden = self._blocks(x, positions, b)
+        return self._logits(hidden.reshape(b * s, -1)).view(b, s, -1)
 
     def step(self, tokens: torch.Tensor, position: int) -> torch.Tensor:
         """Feed one token per row (the first len(tokens) rows of the cache) at `position`;

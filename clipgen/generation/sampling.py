@@ -18,9 +18,11 @@ from typing import Any
 import torch
 
 from clipgen.generation.decoder import StaticDecoder, decoder_weights, resolve_dtype
+from clipgen.generation.speculative import jacobi_decode
 from clipgen.models.prior import CLIPPrior, Memory
 
 DECODERS = ("static", "hf", "recompute")
+SPECULATIVE = (None, "jacobi")
 
 
 @dataclass
@@ -35,6 +37,9 @@ class SamplingConfig:
     decoder: str = "static"  # static, hf (reference) or recompute
     dtype: str = "auto"  # auto (bf16 where the hardware runs it fast), float32, bfloat16, float16
     compile: bool = False  # torch.compile the static decoder's step (CUDA graphs on GPU)
+    # jacobi: speculative Jacobi decoding, `window` draft tokens per step, the same distribution
+    speculative: str | None = None
+    window: int = 16
 
     def __post_init__(self) -> None:
         if self.temperature < 0:
@@ -54,6 +59,13 @@ class SamplingConfig:
                 raise ValueError("guidance_interval must be [start, end) token positions with "
                                  f"0 <= start <= end, got {self.guidance_interval}")
             self.guidance_interval = interval
+        if self.speculative not in SPECULATIVE:
+            raise ValueError(f"speculative must be null or jacobi, got {self.speculative!r}")
+        if self.speculative and (self.decoder != "static" or self.compile):
+            raise ValueError("speculative=jacobi runs on the static decoder, uncompiled "
+                             "(decoder=static, compile=false)")
+        if self.window < 2:
+            raise ValueError(f"window must be >= 2 draft tokens, got {self.window}")
         if self.compile and self.decoder != "static":
             raise ValueError("compile applies to the static decoder only (decoder=static)")
 
@@ -112,6 +124,19 @@ def pick_tokens(logits: torch.Tensor, cfg: SamplingConfig,
         return index.gather(-1, choice).squeeze(-1)
     probs = filter_logits(logits, top_p=cfg.top_p).softmax(-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def token_probs(logits: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
+    """The distribution `pick_tokens` draws from, for (..., V) logits: temperature, top-k and
+    top-p applied; one-hot on the argmax at temperature 0."""
+    if cfg.temperature == 0:
+        return torch.nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).float()
+    logits = logits.float() / cfg.temperature
+    if cfg.top_k is not None and cfg.top_k < logits.shape[-1]:
+        values, index = torch.topk(logits, cfg.top_k, dim=-1)
+        probs = filter_logits(values, top_p=cfg.top_p).softmax(-1)
+        return torch.zeros_like(logits).scatter(-1, index, probs)
+    return filter_logits(logits, top_p=cfg.top_p).softmax(-1)
 
 
 def composed_logits(logits: torch.Tensor, weights: torch.Tensor, with_null: bool = True
@@ -189,7 +214,8 @@ class _StaticStepper:
 def sample_tokens(prior: CLIPPrior, cond: torch.Tensor, cfg: SamplingConfig | None = None,
                   generator: torch.Generator | None = None,
                   on_token: Callable[[int, torch.Tensor], None] | None = None,
-                  part_weights: torch.Tensor | None = None) -> torch.Tensor:
+                  part_weights: torch.Tensor | None = None,
+                  stats: dict[str, Any] | None = None) -> torch.Tensor:
     """Sample (B, n_tokens) image tokens for B conditions: (B, cond_dim) CLIP embeddings, or
     (B, caption_length) caption token ids for a caption-conditioned prior.
 
@@ -199,7 +225,9 @@ def sample_tokens(prior: CLIPPrior, cond: torch.Tensor, cfg: SamplingConfig | No
     (B, P, ...), and each token is drawn from `composed_logits` of the P parts and the null
     condition inside the guidance interval (the weights take the guidance scale's place), and
     of the P parts with normalised weights outside it.
-    `on_token(i, tokens)` is called after position i is drawn (tokens beyond i are zero).
+    `on_token(i, tokens)` is called after position i is drawn (tokens beyond i are zero, or
+    already drawn for some rows with speculative decoding). With `cfg.speculative="jacobi"`,
+    `stats` (when given) gets the decode steps and the tokens made per step.
     """
     cfg = cfg or SamplingConfig()
     b, n, k = cond.shape[0], prior.config.n_tokens, prior.config.n_prefix
@@ -226,6 +254,11 @@ def sample_tokens(prior: CLIPPrior, cond: torch.Tensor, cfg: SamplingConfig | No
     dtype = resolve_dtype(cfg.dtype, cond.device)
     prefix = prior.prefix(rows, null_mask)
     memory = prior.memory(rows, null_mask)
+    if cfg.speculative == "jacobi":
+        null_at = torch.tensor([uses_null(i) for i in range(n + cfg.window)],
+                               device=cond.device)
+        return _jacobi_tokens(prior, prefix, memory, dtype, cfg, weights, null_at if guided
+                              else None, generator, on_token, stats)
     autocast: Any = contextlib.nullcontext()
     if cfg.decoder == "static":
         stepper: Any = _StaticStepper(prior, prefix, dtype, cfg.compile, memory)
@@ -253,6 +286,34 @@ def sample_tokens(prior: CLIPPrior, cond: torch.Tensor, cfg: SamplingConfig | No
             # null rows are needed while a later position is guided
             logits = stepper.next(tok.repeat(p + 1 if i + 1 <= last_guided else p), k + i)
     return out
+
+
+def _jacobi_tokens(prior: CLIPPrior, prefix: torch.Tensor, memory: Memory | None,
+                   dtype: torch.dtype, cfg: SamplingConfig, weights: torch.Tensor,
+                   null_at: torch.Tensor | None, generator: torch.Generator | None,
+                   on_token: Callable[[int, torch.Tensor], None] | None,
+                   stats: dict[str, Any] | None) -> torch.Tensor:
+    """`sample_tokens` by speculative Jacobi decoding on the static decoder. `null_at[i]`:
+    whether position i mixes in the null rows (None: the rows hold no null block)."""
+    n, k = prior.config.n_tokens, prior.config.n_prefix
+    b, p = weights.shape
+    decoder = StaticDecoder(decoder_weights(prior, dtype, prefix.device, out_in=True),
+                            len(prefix), k + n + cfg.window)
+    if memory is not None:
+        decoder.set_memory(memory)
+
+    def combine(logits: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        r, s, v = logits.shape
+        flat = logits.reshape(r, s * v)
+        plain = flat[:b] if p == 1 else composed_logits(flat, weights, with_null=False)
+        if null_at is None:
+            return plain.view(b, s, v)
+        mixed = composed_logits(flat, weights).view(b, s, v)
+        return torch.where(null_at[positions][..., None], mixed, plain.view(b, s, v))
+
+    return jacobi_decode(decoder, decoder.prefill(prefix), len(prefix) // b, n, k, cfg.window,
+                         combine, lambda logits: token_probs(logits, cfg), generator, on_token,
+                         stats)
 
 
 def rerank(scores: torch.Tensor, keep: int) -> torch.Tensor:
