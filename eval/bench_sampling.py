@@ -2,9 +2,11 @@
 recomputation, fp32 and bf16, batch 1 / 4 / 16, in one run:
 
     python eval/bench_sampling.py [models=[gpt_8x512]] [batches=[1,4,16]] [dtypes=[float32]]
-        [compile=[false,true]] [guidance_scale=3] [device=cuda] [plot=speed.png]
+        [compile=[false,true]] [windows=[16]] [guidance_scale=3] [device=cuda] [plot=speed.png]
 
-Models have random weights (sizes in configs/bench_sampling.yaml). Reports tokens/s (token
+Models have random weights (sizes in configs/bench_sampling.yaml), except `shapes_bundle`, the
+shipped Shapes prior sampled under CLIP text embeddings of `prompts`. `windows` adds speculative
+Jacobi decoding rows (decode steps per image, tokens per step). Reports tokens/s (token
 sampling only; VQGAN decoding excluded), the fraction of the weight-read roofline (weight bytes
 per step / copy bandwidth, measured in the same run) and of matmul peak in that precision, and
 the speed-up over full recomputation in fp32. Prints JSON and a markdown table; with plot=<file>
@@ -19,20 +21,32 @@ from clipgen.evaluation.plots import footer_text, sampling_speed_figure, save_fi
 from clipgen.generation.settings import resolve_device
 from clipgen.jobs.benchmark import machine_description, print_report
 from clipgen.jobs.entry import run_job
-from clipgen.jobs.sampling_benchmark import measure_machine, sampling_rows
+from clipgen.jobs.sampling_benchmark import BenchPrior, measure_machine, sampling_rows
 from clipgen.models.prior import PriorConfig
+
+TRAINED = "shapes_bundle"
+
+
+def shipped_prior(prompts: list[str], device) -> BenchPrior:
+    """The shipped Shapes prior with the CLIP text embeddings of `prompts`."""
+    from clipgen.generation.text_to_image import TextToImage
+    from clipgen.models.bundle import default_bundle
+
+    pipe = TextToImage.from_bundle(default_bundle(), device=device)
+    return BenchPrior(pipe.prior.eval(), pipe.text_conditions(prompts).prior)
 
 
 def bench(cfg: DictConfig) -> tuple[list[dict], dict]:
     device = resolve_device(cfg.device)
-    unknown = set(cfg.models) - set(cfg.sizes)
+    unknown = set(cfg.models) - set(cfg.sizes) - {TRAINED}
     if unknown:
         raise ValueError(f"unknown models {sorted(unknown)}; known: {sorted(cfg.sizes)}")
     machine = measure_machine(device, sorted({"float32", *cfg.dtypes}))
-    models = {name: PriorConfig.from_dict(cfg.sizes[name]) for name in cfg.models}
+    models = {name: shipped_prior(list(cfg.prompts), device) if name == TRAINED
+              else PriorConfig.from_dict(cfg.sizes[name]) for name in cfg.models}
     rows = sampling_rows(models, list(cfg.batches), list(cfg.decoders), list(cfg.dtypes),
                          list(cfg.compile), device, machine, cfg.guidance_scale, cfg.top_k,
-                         cfg.max_seconds)
+                         cfg.max_seconds, list(cfg.windows))
     info = {**machine_description(), "bandwidth_gb_s": round(machine.bandwidth / 1e9, 1),
             **{f"matmul_gflops_{d}": round(f / 1e9, 1) for d, f in machine.matmul.items()}}
     return rows, info

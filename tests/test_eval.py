@@ -627,6 +627,8 @@ def test_gpu_check_runs_every_part_at_tiny_sizes_on_cpu(tmp_path):
     assert rows["prior_gpt2_xl"]["activation_checkpointing"] is True
     assert 0 < rows["decode_gpt2_medium"]["roofline_fraction"]
     assert rows["decode_gpt2_medium"]["dtype"] == "bfloat16"
+    speculative = [r for r in report["rows"] if r.get("speculative") == "jacobi 4"]
+    assert len(speculative) == 1 and 2 <= speculative[0]["steps_per_image"] <= 16
     assert rows["suite_coco_generation"]["pngs_written"] == 4
     assert "| seconds_per_step |" in proc.stdout and (tmp_path / "check.md").is_file()
 

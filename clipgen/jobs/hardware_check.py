@@ -65,7 +65,7 @@ def _mfu_fields(flops_per_step: float, seconds: float, device: torch.device) -> 
     measured = bf16_matmul_flops(device)
     achieved = flops_per_step / seconds
     peak = spec_peak(device)
-    return {"tflops": round(achieved / 1e12, 4),
+    return {"tflops": float(f"{achieved / 1e12:.3g}"),  # 3 significant digits, tiny or not
             "mfu_vs_spec": round(achieved / peak, 3) if peak else "",
             "mfu_vs_measured_matmul": round(achieved / measured, 3)}
 
@@ -166,7 +166,7 @@ def decoding(spec: DictConfig, device: torch.device, warmup: int, steps: int
     cfg = PriorConfig.from_dict(OmegaConf.to_container(spec.model, resolve=True))
     rows = sampling_rows({spec.name: cfg}, [int(spec.batch)], ["static"], ["bfloat16"],
                          list(spec.compile), device, machine, float(spec.guidance_scale),
-                         int(spec.top_k))
+                         int(spec.top_k), windows=list(spec.get("windows") or []))
     for row in rows:
         row["bandwidth_gb_s"] = round(machine.bandwidth / 1e9, 1)
     return rows

@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -63,9 +64,13 @@ def measure_machine(device: torch.device, dtypes: Sequence[str]) -> Machine:
 
 
 def time_sampling(prior: CLIPPrior, batch: int, sampling: SamplingConfig,
-                  device: torch.device) -> float:
-    """Seconds to sample every token of `batch` rows (VQGAN decoding excluded)."""
-    if prior.tokenizer is not None:  # caption tokens (the caption encoder runs once, timed)
+                  device: torch.device, conditions: torch.Tensor | None = None,
+                  stats: dict[str, Any] | None = None) -> float:
+    """Seconds to sample every token of `batch` rows (VQGAN decoding excluded), conditioned
+    on `conditions` (cycled to the batch; random unit embeddings when not given)."""
+    if conditions is not None:
+        cond = conditions.to(device)[torch.arange(batch) % len(conditions)]
+    elif prior.tokenizer is not None:  # caption tokens (the caption encoder runs once, timed)
         cond = prior.tokenizer.encode(["a small yellow star in the top left"] * batch).to(device)
     else:
         cond = torch.nn.functional.normalize(torch.randn(batch, prior.config.cond_dim,
@@ -73,69 +78,104 @@ def time_sampling(prior: CLIPPrior, batch: int, sampling: SamplingConfig,
     gen = torch.Generator(device=device).manual_seed(0)
     synchronize(device)
     start = time.perf_counter()
-    sample_tokens(prior, cond, sampling, generator=gen)
+    sample_tokens(prior, cond, sampling, generator=gen, stats=stats)
     synchronize(device)
     return time.perf_counter() - start
 
 
-def sampling_rows(models: Mapping[str, PriorConfig], batches: Sequence[int],
+def _fraction(value: float) -> float:
+    """A fraction for the table: 3 decimals, or 2 significant digits below 0.001 (tiny models
+    on a busy machine), so that a measured value never prints as 0."""
+    return round(value, 3) if value >= 1e-3 else float(f"{value:.2g}")
+
+
+@dataclass
+class BenchPrior:
+    """A prior to time: random weights of a size, or trained weights with the conditions to
+    sample them under (what decides how many drafts speculative decoding accepts)."""
+
+    prior: CLIPPrior
+    conditions: torch.Tensor | None = None
+
+
+def _variants(decoders: Sequence[str], compile_modes: Sequence[bool], windows: Sequence[int]
+              ) -> list[tuple[str, bool, int]]:
+    """(decoder, compiled, speculative window; 0 = off) of every timed variant."""
+    plain = [(d, c, 0) for d in decoders for c in (compile_modes if d == "static" else [False])]
+    return plain + [("static", False, w) for w in windows if "static" in decoders]
+
+
+def sampling_rows(models: Mapping[str, PriorConfig | BenchPrior], batches: Sequence[int],
                   decoders: Sequence[str], dtypes: Sequence[str], compile_modes: Sequence[bool],
                   device: torch.device, machine: Machine, guidance_scale: float = 1.0,
-                  top_k: int | None = 100, max_seconds: float = 300.0
-                  ) -> list[dict[str, Any]]:
-    """One row per model, batch, decoder, precision and compile mode: seconds, tokens/s, the
-    fraction of the weight-read roofline and of matmul peak, the speed-up over full
-    recomputation in fp32. Runs estimated to take longer than `max_seconds` (from the static
-    fp32 time, the FLOP ratio and the matmul speed of the precision) are skipped and say so."""
+                  top_k: int | None = 100, max_seconds: float = 300.0,
+                  windows: Sequence[int] = ()) -> list[dict[str, Any]]:
+    """One row per model, batch, decoder, precision and compile mode, and per speculative
+    window (`windows`, on the static decoder): seconds, tokens/s, decode steps per image, the
+    fraction of the weight-read roofline for the steps made (each step reads the weights
+    once) and of matmul peak, the speed-up over full recomputation in fp32. Runs estimated to
+    take longer than `max_seconds` (from the static fp32 time, the FLOP ratio and the matmul
+    speed of the precision) are skipped and say so."""
     rows: list[dict[str, Any]] = []
-    for name, cfg in models.items():
-        torch.manual_seed(0)
-        prior = CLIPPrior(cfg).to(device).eval()
+    for name, model in models.items():
+        if isinstance(model, PriorConfig):
+            torch.manual_seed(0)
+            model = BenchPrior(CLIPPrior(model).to(device).eval())
+        prior, cfg = model.prior, model.prior.config
         rows_per_batch = 2 if guidance_scale != 1.0 else 1
         for batch in batches:
+            timed = partial(time_sampling, prior, batch, device=device,
+                            conditions=model.conditions)
             base = SamplingConfig(top_k=top_k, guidance_scale=guidance_scale, dtype="float32")
-            time_sampling(prior, batch, base, device)  # warm-up: weights prepared, caches
-            reference_s = time_sampling(prior, batch, base, device)
+            timed(base)  # warm-up: weights prepared, caches
+            reference_s = timed(base)
             times: dict[tuple, float] = {}
             for dtype in dtypes:
                 slowdown = machine.matmul["float32"] / machine.matmul[dtype]
-                for decoder in decoders:
-                    for compiled in (compile_modes if decoder == "static" else [False]):
-                        ratio = (prior.sampling_flops(batch, False) / prior.sampling_flops(batch)
-                                 if decoder == "recompute" else 1.0)
-                        estimate = reference_s * ratio * max(slowdown, 1.0)
-                        row: dict[str, Any] = {"model": name, "batch": batch, "decoder": decoder,
-                                               "dtype": dtype, "compile": compiled}
-                        if estimate > max_seconds:
-                            row["seconds"] = f"skipped (est. {estimate:.0f})"
-                            rows.append(row)
-                            continue
-                        settings = SamplingConfig(top_k=top_k, guidance_scale=guidance_scale,
-                                                  decoder=decoder, dtype=dtype, compile=compiled)
-                        first = None
-                        if compiled:  # the first call compiles: report it apart
-                            first = time_sampling(prior, batch, settings, device)
-                        seconds = time_sampling(prior, batch, settings, device)
-                        times[(decoder, dtype, compiled)] = seconds
-                        value_bytes = DTYPES[dtype].itemsize
-                        roofline_s = (cfg.n_tokens * prior.decode_weight_bytes(value_bytes)
-                                      / machine.bandwidth)
-                        flops = rows_per_batch * prior.sampling_flops(batch,
-                                                                      decoder != "recompute")
-                        row.update({
-                            "seconds": round(seconds, 3),
-                            "compile_s": round(first - seconds, 1) if first else "",
-                            "tokens_per_s": round(batch * cfg.n_tokens / seconds, 1),
-                            "roofline_fraction": round(roofline_s / seconds, 3),
-                            "matmul_fraction": round(flops / seconds / machine.matmul[dtype], 4),
-                        })
+                for decoder, compiled, window in _variants(decoders, compile_modes, windows):
+                    ratio = (prior.sampling_flops(batch, False) / prior.sampling_flops(batch)
+                             if decoder == "recompute" else 1.0)
+                    estimate = reference_s * ratio * max(slowdown, 1.0)
+                    row: dict[str, Any] = {"model": name, "batch": batch, "decoder": decoder,
+                                           "dtype": dtype, "compile": compiled,
+                                           "speculative": f"jacobi {window}" if window else ""}
+                    if estimate > max_seconds:
+                        row["seconds"] = f"skipped (est. {estimate:.0f})"
                         rows.append(row)
-            recompute = times.get(("recompute", "float32", False))
+                        continue
+                    settings = SamplingConfig(
+                        top_k=top_k, guidance_scale=guidance_scale, decoder=decoder,
+                        dtype=dtype, compile=compiled, speculative="jacobi" if window else None,
+                        window=window or 16)
+                    first = None
+                    if compiled:  # the first call compiles: report it apart
+                        first = timed(settings)
+                    stats: dict[str, Any] = {}
+                    seconds = timed(settings, stats=stats)
+                    times[(decoder, dtype, compiled, window)] = seconds
+                    steps = stats.get("decode_steps", cfg.n_tokens - 1) + 1  # with the prefill
+                    roofline_s = (steps * prior.decode_weight_bytes(DTYPES[dtype].itemsize)
+                                  / machine.bandwidth)
+                    flops = rows_per_batch * prior.sampling_flops(batch, decoder != "recompute")
+                    row.update({
+                        "seconds": round(seconds, 3),
+                        "compile_s": round(first - seconds, 1) if first else "",
+                        "tokens_per_s": round(batch * cfg.n_tokens / seconds, 1),
+                        "steps_per_image": steps,
+                        "tokens_per_step_row": round(stats.get("row_tokens_per_step", 1.0), 2),
+                        "roofline_fraction": _fraction(roofline_s / seconds),
+                        "matmul_fraction": _fraction(flops / seconds / machine.matmul[dtype]),
+                    })
+                    rows.append(row)
+            recompute = times.get(("recompute", "float32", False, 0))
+            static = times.get(("static", "float32", False, 0))
             for row in rows:
                 if row["model"] == name and row["batch"] == batch and "tokens_per_s" in row:
-                    key = (row["decoder"], row["dtype"], row["compile"])
+                    window = int(row["speculative"].split()[-1]) if row["speculative"] else 0
+                    key = (row["decoder"], row["dtype"], row["compile"], window)
                     row["x_recompute_fp32"] = (round(recompute / times[key], 1)
                                                if recompute else "")
+                    row["x_static_fp32"] = round(static / times[key], 2) if static else ""
     return rows
 
 
