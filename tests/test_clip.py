@@ -194,7 +194,8 @@ def test_gpt2_medium_experiment_without_clip_weights_stops_before_any_work(tmp_p
     configs = str(Path(__file__).resolve().parents[1] / "configs")
     with initialize_config_dir(configs, version_base="1.3"):
         cfg = compose("precompute", overrides=[
-            "experiment=coco_gpt2_medium", f"cache_dir={tmp_path}", "model.clip.pretrained=null",
+            "experiment=coco_gpt2_medium", "data=shapes", f"cache_dir={tmp_path}",
+            "model.clip.pretrained=null",
             f"model.tokenizer.path={tmp_path}/none.ckpt"], return_hydra_config=True)
     with pytest.raises(ValueError, match="no weights: set model.clip.pretrained"):
         run_precompute(cfg)
