@@ -200,6 +200,9 @@ class StaticDecoder:
         windows = isinstance(start, torch.Tensor) and start.ndim == 2
         if windows:  # (rows, S) positions: each row's window where it stands
             used = int(start.max()) + 1
+            if used > self.keys.shape[3]:
+                raise ValueError(f"window reaches position {used - 1} of a "
+                                 f"{self.keys.shape[3]}-position cache")
             rows = torch.arange(b, device=x.device)[:, None]
             mask = (self.positions[:used].view(1, 1, 1, -1) <= start[:, None, :, None])
         elif isinstance(start, torch.Tensor):  # static shapes: one position, whole cache
@@ -262,9 +265,6 @@ class StaticDecoder:
         are not meant to be used."""
         b, s = tokens.shape
         positions = starts[:, None] + torch.arange(s, device=tokens.device)
-        if int(positions.max()) >= self.keys.shape[3]:
-            raise ValueError(f"window reaches position {int(positions.max())} of a "
-                             f"{self.keys.shape[3]}-position cache")
         x = self.w.wte[tokens] + self.w.wpe[positions.clamp(max=len(self.w.wpe) - 1)]
         hidden = self._blocks(x, positions, b)
         return self._logits(hidden.reshape(b * s, -1)).view(b, s, -1)

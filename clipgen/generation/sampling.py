@@ -146,8 +146,11 @@ def composed_logits(logits: torch.Tensor, weights: torch.Tensor, with_null: bool
     of B conditional rows (part-major) followed, `with_null`, by B null rows, and (B, P)
     weights, null + sum_i w_i (cond_i - null). Without null rows (outside the guidance
     interval) the weights are normalised to sum 1, where the null term cancels:
-    sum_i (w_i / sum w) cond_i. One part of weight s is classifier-free guidance at scale s."""
+    sum_i (w_i / sum w) cond_i, and one part is its own logits (whatever its weight, 0 too).
+    One part of weight s is classifier-free guidance at scale s."""
     b, p = weights.shape
+    if p == 1 and not with_null:
+        return logits[:b]
     weights = weights.to(logits.dtype)[..., None]
     parts = logits[:p * b].view(p, b, -1)
     if not with_null:
@@ -271,12 +274,7 @@ def sample_tokens(prior: CLIPPrior, cond: torch.Tensor, cfg: SamplingConfig | No
     with autocast:
         logits = stepper.first()
         for i in range(n):
-            if uses_null(i):
-                step_logits = composed_logits(logits, weights)
-            elif p == 1:
-                step_logits = logits[:b]
-            else:
-                step_logits = composed_logits(logits, weights, with_null=False)
+            step_logits = composed_logits(logits, weights, with_null=uses_null(i))
             tok = pick_tokens(step_logits, cfg, generator)
             out[:, i] = tok
             if on_token:
@@ -296,7 +294,7 @@ def _jacobi_tokens(prior: CLIPPrior, prefix: torch.Tensor, memory: Memory | None
     """`sample_tokens` by speculative Jacobi decoding on the static decoder. `null_at[i]`:
     whether position i mixes in the null rows (None: the rows hold no null block)."""
     n, k = prior.config.n_tokens, prior.config.n_prefix
-    b, p = weights.shape
+    b = len(weights)
     decoder = StaticDecoder(decoder_weights(prior, dtype, prefix.device, out_in=True),
                             len(prefix), k + n + cfg.window)
     if memory is not None:
@@ -305,7 +303,7 @@ def _jacobi_tokens(prior: CLIPPrior, prefix: torch.Tensor, memory: Memory | None
     def combine(logits: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         r, s, v = logits.shape
         flat = logits.reshape(r, s * v)
-        plain = flat[:b] if p == 1 else composed_logits(flat, weights, with_null=False)
+        plain = composed_logits(flat, weights, with_null=False)
         if null_at is None:
             return plain.view(b, s, v)
         mixed = composed_logits(flat, weights).view(b, s, v)

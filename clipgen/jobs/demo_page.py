@@ -32,6 +32,7 @@ from clipgen.jobs.sample_run import read_image, sample_record, slug
 
 log = logging.getLogger(__name__)
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
+FIRST_PROMPT = "a red circle"  # the prompt box's text when the page opens
 
 
 class Cancelled(Exception):
@@ -199,12 +200,12 @@ def build_demo(cfg: DictConfig, pipe: TextToImage | None = None) -> Any:
         gr.Markdown(model_description(cfg, pipe))
         with gr.Row():
             with gr.Column():
-                prompt = gr.Textbox(label="Prompt", value="a red circle", elem_id="prompt")
+                prompt = gr.Textbox(label="Prompt", value=FIRST_PROMPT, elem_id="prompt")
                 # a file, not gr.Image: gradio would decode an upload before this code sees it
                 # and show its own stack dump for a file that is not an image
                 image = gr.File(label="Or an image, for variations (clipgen only; clear the "
                                 "prompt)", type="filepath", elem_id="image")
-                choice = gr.Markdown(input_choice("a red circle", None), elem_id="input_choice")
+                choice = gr.Markdown(input_choice(FIRST_PROMPT, None), elem_id="input_choice")
                 method = gr.Radio(list(METHODS), value=cfg.method, label="Generator")
                 with gr.Row():
                     n_candidates = gr.Slider(1, limits.max_candidates, step=1,

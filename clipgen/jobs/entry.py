@@ -39,7 +39,12 @@ def run_job(job: Callable[[DictConfig], T], cfg: DictConfig, *args: Any) -> T:
     """Run `job(cfg, *args)` after `start_up()` and `check_settings_given(cfg)`; a user error
     prints `error: <message>` on stderr and exits with status 2."""
     start_up()
-    return exit_on_user_error(lambda: (check_settings_given(cfg), job(cfg, *args))[1])
+
+    def checked_job() -> T:
+        check_settings_given(cfg)
+        return job(cfg, *args)
+
+    return exit_on_user_error(checked_job)
 
 
 def exit_on_user_error(call: Callable[[], T]) -> T:

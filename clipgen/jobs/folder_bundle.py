@@ -19,7 +19,7 @@ from clipgen.data.image_files import find_images, read_caption
 from clipgen.jobs.build_cache import run_precompute
 from clipgen.jobs.export import export_checkpoint
 from clipgen.jobs.training import run_training
-from clipgen.models.bundle import bundle_clip, check_bundle, default_bundle
+from clipgen.models.bundle import bundle_clip, check_bundle, default_bundle, stage_files
 from clipgen.models.clip import create_clip
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,10 @@ def check_recipe(cfg: DictConfig) -> None:
         raise ValueError(f"clip.source={source!r}: use one of {CLIP_SOURCES} (see "
                          "configs/make_bundle.yaml)")
     if source == "bundle":
-        check_bundle_clip(Path(cfg.clip.bundle) if cfg.clip.bundle else default_bundle())
+        origin = clip_origin(cfg)
+        missing = [f for f in stage_files(("clip",)) if not (origin / f).is_file()]
+        if missing:
+            raise FileNotFoundError(f"clip.bundle={origin} lacks {', '.join(missing)}")
     elif source == "file" and not (cfg.clip.file and Path(cfg.clip.file).is_file()):
         raise FileNotFoundError(
             f"clip.source=file needs clip.file=<an open_clip weights file for {cfg.clip.arch}> "
@@ -51,11 +54,10 @@ def check_recipe(cfg: DictConfig) -> None:
                          f"{folder} has none: use clip.source=file or clip.source=bundle")
 
 
-def check_bundle_clip(folder: Path) -> None:
-    """A bundle folder to copy the CLIP from must hold clip.safetensors and clip.yaml."""
-    missing = [f for f in ("clip.safetensors", "clip.yaml") if not (folder / f).is_file()]
-    if missing:
-        raise FileNotFoundError(f"clip.bundle={folder} lacks {', '.join(missing)}")
+def clip_origin(cfg: DictConfig) -> Path:
+    """The bundle `clip.source=bundle` copies the CLIP from (`clip.bundle`, or the shipped
+    Shapes bundle)."""
+    return Path(cfg.clip.bundle) if cfg.clip.bundle else default_bundle()
 
 
 def folder_overrides(cfg: DictConfig) -> list[str]:
@@ -93,9 +95,8 @@ def make_clip(cfg: DictConfig, out: Path, work: Path) -> None:
     """The bundle's CLIP from `cfg.clip.source`."""
     source = cfg.clip.source
     if source == "bundle":
-        origin = Path(cfg.clip.bundle) if cfg.clip.bundle else default_bundle()
-        for name in ("clip.safetensors", "clip.yaml"):
-            shutil.copyfile(origin / name, out / name)
+        for name in stage_files(("clip",)):
+            shutil.copyfile(clip_origin(cfg) / name, out / name)
     elif source == "file":
         clip_from_file(cfg.clip.arch, Path(cfg.clip.file), out)
     else:

@@ -129,7 +129,7 @@ def sampling_rows(models: Mapping[str, PriorConfig | BenchPrior], batches: Seque
             base = SamplingConfig(top_k=top_k, guidance_scale=guidance_scale, dtype="float32")
             timed(base)  # warm-up: weights prepared, caches
             reference_s = timed(base)
-            times: dict[tuple, float] = {}
+            measured: list[tuple[dict[str, Any], float]] = []  # this batch's timed rows
             for dtype in dtypes:
                 slowdown = machine.matmul["float32"] / machine.matmul[dtype]
                 for decoder, compiled, window in _variants(decoders, compile_modes, windows):
@@ -152,7 +152,7 @@ def sampling_rows(models: Mapping[str, PriorConfig | BenchPrior], batches: Seque
                         first = timed(settings)
                     stats: dict[str, Any] = {}
                     seconds = timed(settings, stats=stats)
-                    times[(decoder, dtype, compiled, window)] = seconds
+                    measured.append((row, seconds))
                     steps = stats.get("decode_steps", cfg.n_tokens - 1) + 1  # with the prefill
                     roofline_s = (steps * prior.decode_weight_bytes(DTYPES[dtype].itemsize)
                                   / machine.bandwidth)
@@ -167,15 +167,12 @@ def sampling_rows(models: Mapping[str, PriorConfig | BenchPrior], batches: Seque
                         "matmul_fraction": _fraction(flops / seconds / machine.matmul[dtype]),
                     })
                     rows.append(row)
-            recompute = times.get(("recompute", "float32", False, 0))
-            static = times.get(("static", "float32", False, 0))
-            for row in rows:
-                if row["model"] == name and row["batch"] == batch and "tokens_per_s" in row:
-                    window = int(row["speculative"].split()[-1]) if row["speculative"] else 0
-                    key = (row["decoder"], row["dtype"], row["compile"], window)
-                    row["x_recompute_fp32"] = (round(recompute / times[key], 1)
-                                               if recompute else "")
-                    row["x_static_fp32"] = round(static / times[key], 2) if static else ""
+            plain_fp32 = {r["decoder"]: s for r, s in measured
+                          if r["dtype"] == "float32" and not r["compile"] and not r["speculative"]}
+            recompute, static = plain_fp32.get("recompute"), plain_fp32.get("static")
+            for row, seconds in measured:
+                row["x_recompute_fp32"] = round(recompute / seconds, 1) if recompute else ""
+                row["x_static_fp32"] = round(static / seconds, 2) if static else ""
     return rows
 
 

@@ -8,7 +8,14 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 STAGES = ("vqgan", "clip", "prior")
-BUNDLE_FILES = tuple(f"{stage}.{ext}" for stage in STAGES for ext in ("safetensors", "yaml"))
+
+
+def stage_files(stages: tuple[str, ...] = STAGES) -> tuple[str, ...]:
+    """The files a bundle holds for `stages`: `<stage>.safetensors` and `<stage>.yaml` each."""
+    return tuple(f"{stage}.{ext}" for stage in stages for ext in ("safetensors", "yaml"))
+
+
+BUNDLE_FILES = stage_files()
 
 
 def default_bundle() -> Path:
