@@ -155,3 +155,15 @@ def test_speculative_settings_are_checked():
         SamplingConfig(speculative="jacobi", window=1)
     with pytest.raises(ValueError, match="null or jacobi"):
         SamplingConfig(speculative="medusa")
+
+
+def test_speculative_decoding_runs_in_forced_bf16():
+    """What `auto` picks on CPUs with native bf16 (and on GPUs), forced here so that every
+    processor runs it: valid tokens, and fewer steps than tokens on a peaked prior."""
+    prior = _prior(n_prefix=2, sharpen=8.0)
+    stats: dict = {}
+    tokens = sample_tokens(prior, torch.randn(3, 8),
+                           SamplingConfig(temperature=0.0, dtype="bfloat16", speculative="jacobi",
+                                          window=4, guidance_scale=2.0), stats=stats)
+    assert tokens.shape == (3, 12) and 0 <= int(tokens.min()) and int(tokens.max()) < 24
+    assert stats["decode_steps"] < 11
