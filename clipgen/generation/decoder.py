@@ -20,12 +20,15 @@ from functools import cache
 import torch
 import torch.nn.functional as F
 
+from clipgen.generation.int8_weights import INT8_FORMATS, Int8Weight, int8_weight
 from clipgen.models.prior import CLIPPrior, Memory
 from clipgen.run_info import cpu_has_fast_bf16
 
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# `dtype`: the linear weights in the sampling dtype; else an int8 format (`int8_weights`)
+WEIGHT_FORMATS = ("dtype", *INT8_FORMATS)
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
@@ -69,9 +72,11 @@ class DecoderWeights:
     eps: float
     out_in: bool = True
 
-    def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
-               ) -> torch.Tensor:
+    def linear(self, x: torch.Tensor, weight: torch.Tensor | Int8Weight,
+               bias: torch.Tensor | None = None) -> torch.Tensor:
         """x (N, in) through a linear layer stored in this layout."""
+        if isinstance(weight, Int8Weight):
+            return weight.linear(x, bias)
         if not self.out_in:
             return torch.mm(x, weight) if bias is None else torch.addmm(bias, x, weight)
         if bias is None:
@@ -82,22 +87,43 @@ class DecoderWeights:
     def n_embd(self) -> int:
         return self.wte.shape[1]
 
+    def step_bytes(self) -> int:
+        """Bytes of weights one decode step reads: every block's weights, biases and norms but
+        the caption's key/value projection (run once per decode), the final norm and the
+        output head; the embeddings are gathered a row per token."""
+        def nbytes(t: torch.Tensor | Int8Weight) -> int:
+            return t.nbytes if isinstance(t, Int8Weight) else t.numel() * t.element_size()
+
+        per_layer = sum(nbytes(t) for layer in self.layers for name, t in layer.items()
+                        if name not in ("xkv_w", "xkv_b"))
+        return per_layer + nbytes(self.head) + sum(nbytes(t) for t in self.ln_f)
+
 
 _PREPARED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def decoder_weights(prior: CLIPPrior, dtype: torch.dtype, device: torch.device,
-                    out_in: bool = True) -> DecoderWeights:
-    """The prior's weights prepared for decoding, cached until the prior's parameters change
-    (their version counters move with every in-place update, e.g. an optimiser step)."""
-    key = (dtype, str(device), out_in, tuple(p._version for p in prior.parameters()))
+                    out_in: bool = True, weights: str = "dtype") -> DecoderWeights:
+    """The prior's weights prepared for decoding (`weights`: one of `WEIGHT_FORMATS`), cached
+    until the prior's parameters change (their version counters move with every in-place
+    update, e.g. an optimiser step): int8 weights are quantised once per prior and format."""
+    if weights not in WEIGHT_FORMATS:
+        raise ValueError(f"sampling.weights must be one of {', '.join(WEIGHT_FORMATS)}, "
+                         f"got {weights!r}")
+    quantised = weights != "dtype"
+    out_in = out_in or quantised  # int8 kernels take (out, in)
+    key = (dtype, str(device), out_in, weights, tuple(p._version for p in prior.parameters()))
     cached = _PREPARED.setdefault(prior, {})
-    for old in [k for k in cached if k[:3] == key[:3] and k != key]:
+    for old in [k for k in cached if k[:4] == key[:4] and k != key]:
         del cached[old]  # stale: the parameters changed since
     if key in cached:
         return cached[key]
 
-    def cast(t: torch.Tensor, transpose: bool = False) -> torch.Tensor:
+    def cast(t: torch.Tensor, transpose: bool = False) -> torch.Tensor | Int8Weight:
+        """A bias or norm (1-d) in the sampling dtype; a linear weight stored (in, out), as
+        Hugging Face's Conv1D keeps it, in the layout or int8 format asked for."""
+        if quantised and t.ndim == 2:
+            return int8_weight(t.detach().t(), weights, dtype, device)
         t = t.detach().to(device=device, dtype=dtype)
         return t.t().contiguous() if transpose else t.contiguous()
 
@@ -124,12 +150,21 @@ def decoder_weights(prior: CLIPPrior, dtype: torch.dtype, device: torch.device,
             "out_w": cast(block.mlp.c_proj.weight, out_in),
             "out_b": cast(block.mlp.c_proj.bias),
         })
-    wte = cast(gpt.wte.weight)
-    weights = DecoderWeights(layers, wte, wte if out_in else cast(gpt.wte.weight, True),
-                             cast(gpt.wpe.weight), (cast(gpt.ln_f.weight), cast(gpt.ln_f.bias)),
-                             prior.gpt.config.n_head, prior.gpt.config.layer_norm_epsilon, out_in)
-    cached[key] = weights
-    return weights
+    def table(t: torch.Tensor) -> torch.Tensor:  # an embedding table, never quantised
+        return t.detach().to(device=device, dtype=dtype).contiguous()
+
+    wte = table(gpt.wte.weight)
+    if quantised:  # the tied head: the (vocab, n_embd) table is its (out, in) weight
+        head: torch.Tensor | Int8Weight = int8_weight(gpt.wte.weight.detach(), weights, dtype,
+                                                      device)
+    else:
+        head = wte if out_in else cast(gpt.wte.weight, True)
+    prepared = DecoderWeights(layers, wte, head, table(gpt.wpe.weight),
+                              (cast(gpt.ln_f.weight), cast(gpt.ln_f.bias)),
+                              prior.gpt.config.n_head, prior.gpt.config.layer_norm_epsilon,
+                              out_in)
+    cached[key] = prepared
+    return prepared
 
 
 class StaticDecoder:

@@ -17,7 +17,12 @@ from typing import Any
 
 import torch
 
-from clipgen.generation.decoder import StaticDecoder, decoder_weights, resolve_dtype
+from clipgen.generation.decoder import (
+    WEIGHT_FORMATS,
+    StaticDecoder,
+    decoder_weights,
+    resolve_dtype,
+)
 from clipgen.generation.speculative import jacobi_decode
 from clipgen.models.prior import CLIPPrior, Memory
 
@@ -40,6 +45,9 @@ class SamplingConfig:
     # jacobi: speculative Jacobi decoding, `window` draft tokens per step, the same distribution
     speculative: str | None = None
     window: int = 16
+    # linear weights: dtype (the sampling dtype), int8 (weight-only, per-channel scales) or
+    # int8_dynamic (CPU: int8 weights and activations, fbgemm); see `int8_weights`
+    weights: str = "dtype"
 
     def __post_init__(self) -> None:
         if self.temperature < 0:
@@ -68,6 +76,15 @@ class SamplingConfig:
             raise ValueError(f"window must be >= 2 draft tokens, got {self.window}")
         if self.compile and self.decoder != "static":
             raise ValueError("compile applies to the static decoder only (decoder=static)")
+        if self.weights not in WEIGHT_FORMATS:
+            raise ValueError(f"weights must be one of {', '.join(WEIGHT_FORMATS)}, "
+                             f"got {self.weights!r}")
+        if self.weights != "dtype" and self.decoder != "static":
+            raise ValueError(f"weights={self.weights} runs on the static decoder only "
+                             "(decoder=static)")
+        if self.weights == "int8_dynamic" and self.compile:
+            raise ValueError("weights=int8_dynamic calls the quantized engine, which "
+                             "torch.compile does not trace: set compile=false or weights=int8")
 
     def in_interval(self, position: int) -> bool:
         """Whether `position` lies in the guidance interval (every position when unset)."""
@@ -195,9 +212,11 @@ class _HFStepper:
 
 class _StaticStepper:
     def __init__(self, prior: CLIPPrior, prefix: torch.Tensor, dtype: torch.dtype,
-                 compile_step: bool, memory: Memory | None) -> None:
+                 compile_step: bool, memory: Memory | None, weight_format: str = "dtype"
+                 ) -> None:
         # one row: (in, out) weights times the row; more: (out, in) weights times the rows
-        weights = decoder_weights(prior, dtype, prefix.device, out_in=len(prefix) > 1)
+        weights = decoder_weights(prior, dtype, prefix.device, out_in=len(prefix) > 1,
+                                  weights=weight_format)
         total = prior.config.n_prefix + prior.config.n_tokens
         self.decoder = StaticDecoder(weights, len(prefix), total)
         if memory is not None:
@@ -264,7 +283,7 @@ def sample_tokens(prior: CLIPPrior, cond: torch.Tensor, cfg: SamplingConfig | No
                               else None, generator, on_token, stats)
     autocast: Any = contextlib.nullcontext()
     if cfg.decoder == "static":
-        stepper: Any = _StaticStepper(prior, prefix, dtype, cfg.compile, memory)
+        stepper: Any = _StaticStepper(prior, prefix, dtype, cfg.compile, memory, cfg.weights)
     else:
         stepper = _HFStepper(prior, prefix, cached=cfg.decoder == "hf", memory=memory,
                              prompts=b)
@@ -295,7 +314,8 @@ def _jacobi_tokens(prior: CLIPPrior, prefix: torch.Tensor, memory: Memory | None
     whether position i mixes in the null rows (None: the rows hold no null block)."""
     n, k = prior.config.n_tokens, prior.config.n_prefix
     b = len(weights)
-    decoder = StaticDecoder(decoder_weights(prior, dtype, prefix.device, out_in=True),
+    decoder = StaticDecoder(decoder_weights(prior, dtype, prefix.device, out_in=True,
+                                            weights=cfg.weights),
                             len(prefix), k + n + cfg.window)
     if memory is not None:
         decoder.set_memory(memory)
