@@ -665,3 +665,19 @@ def test_a_suite_names_the_prompts_the_shapes_world_cannot_draw(tmp_path, capsys
     err = capsys.readouterr().err
     assert "warning: 1 of 2 prompts ask for what the Shapes world cannot draw" in err
     assert "'two blue stars'" in err and "'a red circle'" not in err
+
+
+def test_suite_throughput_times_every_variant_and_batch_size(tmp_path):
+    from clipgen.jobs.suite_throughput import suite_throughput_rows
+
+    bundle = write_tiny_bundle(tmp_path / "bundle")
+    rows = suite_throughput_rows([f"bundle={bundle}", "suite=shapes", "device=cpu"],
+                                 {"plain": [], "int8": ["sampling.weights=int8_dynamic"]},
+                                 batches=[2, 4], images=6)
+    assert [(r["variant"], r["batch_size"]) for r in rows] == [
+        ("plain", 2), ("plain", 4), ("int8", 2), ("int8", 4)]
+    assert all(r["images"] == 6 and r["images_per_s"] > 0 for r in rows)
+    assert rows[0]["x_first"] == 1.0
+    with pytest.raises(ValueError, match="fewer than images"):
+        suite_throughput_rows([f"bundle={bundle}", "suite=shapes", "suite.limit=3",
+                               "device=cpu"], {"plain": []}, [2], images=6)

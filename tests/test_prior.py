@@ -212,3 +212,26 @@ def test_auto_precision_follows_the_hardware(monkeypatch):
     monkeypatch.setattr(run_info, "cpu_has_fast_bf16", lambda: False)
     assert run_info.training_precision("auto", "cpu")[0] == "32-true"
     assert run_info.training_precision("bf16-true", "cpu") == ("bf16-true", "as configured")
+
+
+def test_init_from_starts_the_prior_from_an_export_and_refuses_another_architecture(
+        encoders, tmp_path):
+    from omegaconf import OmegaConf
+
+    from clipgen.checkpoint import save_safetensors
+
+    vqgan, clip, _ = encoders
+    torch.manual_seed(5)
+    trained = CLIPPrior(PriorConfig(**PRIOR))
+    save_safetensors(trained.state_dict(), tmp_path / "prior.safetensors")
+    OmegaConf.save(OmegaConf.create({"stage": "prior", "arch": trained.config.to_dict(),
+                                     "encoders": encoder_identity(vqgan, clip)}),
+                   tmp_path / "prior.yaml")
+    fresh = _module(encoders)
+    started = _module(encoders, init_from=str(tmp_path / "prior.safetensors"))
+    for name, value in trained.state_dict().items():
+        assert torch.equal(started.prior.state_dict()[name], value), name
+    assert not torch.equal(fresh.prior.gpt.lm_head.weight, trained.gpt.lm_head.weight)
+    with pytest.raises(ValueError, match="n_layer: 2 there, 3 here"):
+        PriorModule(PriorConfig(**{**PRIOR, "n_layer": 3}), vqgan, clip,
+                    PriorTrainConfig(init_from=str(tmp_path / "prior.safetensors")))

@@ -197,6 +197,19 @@ def undrawable_note(prompts: Sequence[EvalPrompt], clip_arch: str) -> str | None
             f"draw; the first: {notes[0]}")
 
 
+def suite_prompts(cfg: DictConfig) -> list[EvalPrompt]:
+    """The suite's prompts in order, the first `suite.limit` of them when it is set."""
+    limit = cfg.suite.get("limit")
+    if limit is not None and (not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"suite.limit must be a whole number >= 1 (or null for every "
+                         f"prompt), got {limit!r}")
+    prompts: list[EvalPrompt] = instantiate(cfg.suite.prompts)
+    if not prompts:
+        raise ValueError(f"the {cfg.suite.name} suite's settings give no prompt "
+                         f"({OmegaConf.to_container(cfg.suite.prompts)}); check its counts")
+    return prompts if limit is None else prompts[:limit]
+
+
 def run_suite(cfg: DictConfig) -> dict[str, Any] | None:
     """The configured steps (`generate`, `metrics`) of one suite; returns the report when the
     metrics step ran."""
@@ -205,17 +218,8 @@ def run_suite(cfg: DictConfig) -> dict[str, Any] | None:
     if unknown:
         raise ValueError(f"unknown steps {sorted(unknown)}: use generate and/or metrics")
     check_generation_settings(cfg)  # before anything is loaded or written
-    limit = cfg.suite.get("limit")
-    if limit is not None and (not isinstance(limit, int) or limit < 1):
-        raise ValueError(f"suite.limit must be a whole number >= 1 (or null for every "
-                         f"prompt), got {limit!r}")
+    prompts = suite_prompts(cfg)
     device = resolve_device(cfg.device)
-    prompts: list[EvalPrompt] = instantiate(cfg.suite.prompts)
-    if not prompts:
-        raise ValueError(f"the {cfg.suite.name} suite's settings give no prompt "
-                         f"({OmegaConf.to_container(cfg.suite.prompts)}); check its counts")
-    if limit is not None:
-        prompts = prompts[:limit]
     out_dir = Path(cfg.out_dir)
     rank, world = process_rank()
     timing: dict[str, float] = {}

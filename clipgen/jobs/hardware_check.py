@@ -155,7 +155,8 @@ def vqgan_training(spec: DictConfig, device: torch.device, warmup: int, steps: i
 def decoding(spec: DictConfig, device: torch.device, warmup: int, steps: int
              ) -> list[dict[str, Any]]:
     """The static-cache decoder in bf16 with guidance, eager and compiled (CUDA graphs on a
-    GPU): tokens/s and the fraction of the weight-read roofline, bandwidth measured here."""
+    GPU), in each weight format: tokens/s and the fraction of the weight-read roofline,
+    bandwidth measured here."""
     from clipgen.jobs.sampling_benchmark import Machine, copy_bandwidth, matmul_flops, sampling_rows
     from clipgen.models.prior import PriorConfig
 
@@ -166,7 +167,8 @@ def decoding(spec: DictConfig, device: torch.device, warmup: int, steps: int
     cfg = PriorConfig.from_dict(OmegaConf.to_container(spec.model, resolve=True))
     rows = sampling_rows({spec.name: cfg}, [int(spec.batch)], ["static"], ["bfloat16"],
                          list(spec.compile), device, machine, float(spec.guidance_scale),
-                         int(spec.top_k), windows=list(spec.get("windows") or []))
+                         int(spec.top_k), windows=list(spec.get("windows") or []),
+                         weight_formats=list(spec.get("weights") or ["dtype"]))
     for row in rows:
         row["bandwidth_gb_s"] = round(machine.bandwidth / 1e9, 1)
     return rows

@@ -12,9 +12,10 @@ from typing import Any
 
 import torch
 
-from clipgen.generation.decoder import DTYPES
+from clipgen.generation.decoder import DTYPES, decoder_weights
 from clipgen.generation.sampling import SamplingConfig, sample_tokens
 from clipgen.models.prior import CLIPPrior, PriorConfig
+from clipgen.run_info import cpu_has_fast_bf16
 
 
 def synchronize(device: torch.device) -> None:
@@ -98,22 +99,39 @@ class BenchPrior:
     conditions: torch.Tensor | None = None
 
 
-def _variants(decoders: Sequence[str], compile_modes: Sequence[bool], windows: Sequence[int]
-              ) -> list[tuple[str, bool, int]]:
-    """(decoder, compiled, speculative window; 0 = off) of every timed variant."""
-    plain = [(d, c, 0) for d in decoders for c in (compile_modes if d == "static" else [False])]
-    return plain + [("static", False, w) for w in windows if "static" in decoders]
+def _variants(decoders: Sequence[str], compile_modes: Sequence[bool], windows: Sequence[int],
+              weight_formats: Sequence[str] = ("dtype",)) -> list[tuple[str, bool, int, str]]:
+    """(decoder, compiled, speculative window (0 = off), weight format) of every timed
+    variant: the reference decoders in the sampling dtype only; the static decoder in each
+    weight format, plain (each compile mode; int8_dynamic uncompiled) and per window."""
+    out = [(d, False, 0, "dtype") for d in decoders if d != "static"]
+    if "static" in decoders:
+        for fmt in weight_formats:
+            modes = [False] if fmt == "int8_dynamic" else compile_modes
+            out += [("static", c, 0, fmt) for c in modes]
+            out += [("static", False, w, fmt) for w in windows]
+    return out
+
+
+def _dtype_label(dtype: str, device: torch.device) -> str:
+    """The precision as the table prints it: bf16 on a CPU without native bf16 is emulated."""
+    if dtype == "bfloat16" and device.type == "cpu" and not cpu_has_fast_bf16():
+        return "bfloat16 (emulated)"
+    return dtype
 
 
 def sampling_rows(models: Mapping[str, PriorConfig | BenchPrior], batches: Sequence[int],
                   decoders: Sequence[str], dtypes: Sequence[str], compile_modes: Sequence[bool],
                   device: torch.device, machine: Machine, guidance_scale: float = 1.0,
                   top_k: int | None = 100, max_seconds: float = 300.0,
-                  windows: Sequence[int] = ()) -> list[dict[str, Any]]:
+                  windows: Sequence[int] = (), weight_formats: Sequence[str] = ("dtype",)
+                  ) -> list[dict[str, Any]]:
     """One row per model, batch, decoder, precision and compile mode, and per speculative
-    window (`windows`, on the static decoder): seconds, tokens/s, decode steps per image, the
-    fraction of the weight-read roofline for the steps made (each step reads the weights
-    once) and of matmul peak, the speed-up over full recomputation in fp32. Runs estimated to
+    window (`windows`) and weight format (`weight_formats`, `sampling.weights`) on the static
+    decoder: seconds, tokens/s, decode steps per image, weight bytes read per token, the
+    fraction of the weight-read roofline for the bytes the steps read (each step reads the
+    weights once, in their format) and of matmul peak, the speed-up over full recomputation
+    and over the plain static decoder in fp32. Runs estimated to
     take longer than `max_seconds` (from the static fp32 time, the FLOP ratio and the matmul
     speed of the precision) are skipped and say so."""
     rows: list[dict[str, Any]] = []
@@ -132,12 +150,14 @@ def sampling_rows(models: Mapping[str, PriorConfig | BenchPrior], batches: Seque
             measured: list[tuple[dict[str, Any], float]] = []  # this batch's timed rows
             for dtype in dtypes:
                 slowdown = machine.matmul["float32"] / machine.matmul[dtype]
-                for decoder, compiled, window in _variants(decoders, compile_modes, windows):
+                for decoder, compiled, window, fmt in _variants(decoders, compile_modes, windows,
+                                                                weight_formats):
                     ratio = (prior.sampling_flops(batch, False) / prior.sampling_flops(batch)
                              if decoder == "recompute" else 1.0)
                     estimate = reference_s * ratio * max(slowdown, 1.0)
                     row: dict[str, Any] = {"model": name, "batch": batch, "decoder": decoder,
-                                           "dtype": dtype, "compile": compiled,
+                                           "dtype": _dtype_label(dtype, device),
+                                           "weights": fmt, "compile": compiled,
                                            "speculative": f"jacobi {window}" if window else ""}
                     if estimate > max_seconds:
                         row["seconds"] = f"skipped (est. {estimate:.0f})"
@@ -146,7 +166,7 @@ def sampling_rows(models: Mapping[str, PriorConfig | BenchPrior], batches: Seque
                     settings = SamplingConfig(
                         top_k=top_k, guidance_scale=guidance_scale, decoder=decoder,
                         dtype=dtype, compile=compiled, speculative="jacobi" if window else None,
-                        window=window or 16)
+                        window=window or 16, weights=fmt)
                     first = None
                     if compiled:  # the first call compiles: report it apart
                         first = timed(settings)
@@ -154,8 +174,9 @@ def sampling_rows(models: Mapping[str, PriorConfig | BenchPrior], batches: Seque
                     seconds = timed(settings, stats=stats)
                     measured.append((row, seconds))
                     steps = stats.get("decode_steps", cfg.n_tokens - 1) + 1  # with the prefill
-                    roofline_s = (steps * prior.decode_weight_bytes(DTYPES[dtype].itemsize)
-                                  / machine.bandwidth)
+                    step_bytes = decoder_weights(prior, DTYPES[dtype], device,
+                                                 weights=fmt).step_bytes()
+                    roofline_s = steps * step_bytes / machine.bandwidth
                     flops = rows_per_batch * prior.sampling_flops(batch, decoder != "recompute")
                     row.update({
                         "seconds": round(seconds, 3),
@@ -163,12 +184,15 @@ def sampling_rows(models: Mapping[str, PriorConfig | BenchPrior], batches: Seque
                         "tokens_per_s": round(batch * cfg.n_tokens / seconds, 1),
                         "steps_per_image": steps,
                         "tokens_per_step_row": round(stats.get("row_tokens_per_step", 1.0), 2),
+                        "weight_bytes_per_token": round(steps * step_bytes
+                                                        / (batch * cfg.n_tokens)),
                         "roofline_fraction": _fraction(roofline_s / seconds),
                         "matmul_fraction": _fraction(flops / seconds / machine.matmul[dtype]),
                     })
                     rows.append(row)
             plain_fp32 = {r["decoder"]: s for r, s in measured
-                          if r["dtype"] == "float32" and not r["compile"] and not r["speculative"]}
+                          if r["dtype"] == "float32" and r["weights"] == "dtype"
+                          and not r["compile"] and not r["speculative"]}
             recompute, static = plain_fp32.get("recompute"), plain_fp32.get("static")
             for row, seconds in measured:
                 row["x_recompute_fp32"] = round(recompute / seconds, 1) if recompute else ""

@@ -3,6 +3,7 @@ CLIP text embeddings of captions, caption tokens)."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -10,15 +11,17 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from clipgen.checkpoint import dataclass_from_dict
+from clipgen.checkpoint import dataclass_from_dict, load_state_dict_strict
 from clipgen.data.precomputed import PrecomputedDataset
 from clipgen.generation.sampling import SamplingConfig, sample_tokens
 from clipgen.lit.base import ClipgenModule
 from clipgen.lit.optim import adamw_with_schedule, decay_groups
 from clipgen.models.clip import FrozenCLIP
 from clipgen.models.encoders import check_identity, encode_batch, encoder_identity
-from clipgen.models.prior import CLIP_CONDITIONS, CLIPPrior, PriorConfig
+from clipgen.models.prior import CLIP_CONDITIONS, CLIPPrior, PriorConfig, load_prior
 from clipgen.models.vqgan import VQGAN
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -38,6 +41,9 @@ class PriorTrainConfig:
     sample_prompts: list[str] = field(default_factory=list)
     sampling: dict[str, Any] = field(default_factory=dict)
     activation_checkpointing: bool = False  # recompute GPT-2 block activations in backward
+    # a stage-2 export (prior.safetensors) or checkpoint whose weights start this run
+    # (fine-tuning: a fresh optimiser and schedule); the architecture and encoders must match
+    init_from: str | None = None
 
 
 def perturb_condition(cond: torch.Tensor, level: float,
@@ -119,12 +125,28 @@ class PriorModule(ClipgenModule):
             raise ValueError("cond_noise perturbs CLIP embeddings, and a caption-conditioned "
                              "prior (condition=text) reads none: set model.train.cond_noise=0")
         self.prior = CLIPPrior(prior)
+        if train.init_from:
+            self.start_from(train.init_from, vqgan, clip)
         if train.activation_checkpointing:
             self.prior.gpt.gradient_checkpointing_enable(
                 gradient_checkpointing_kwargs={"use_reentrant": False})
         self.encoders = FrozenEncoders(vqgan, clip)
         self.cfg = train
         self.sampling = SamplingConfig(**train.sampling)
+
+    def start_from(self, path: str, vqgan: VQGAN, clip: FrozenCLIP) -> None:
+        """Copy the weights of the prior at `path` (checked against these encoders) into this
+        module's prior, which must have the same architecture."""
+        start = load_prior(path, vqgan, clip)
+        differ = {k: (v, getattr(self.prior.config, k)) for k, v in vars(start.config).items()
+                  if k != "dropout" and getattr(self.prior.config, k) != v}
+        if differ:
+            raise ValueError(
+                f"model.train.init_from={path} has another architecture than model.prior ("
+                + ", ".join(f"{k}: {a} there, {b} here" for k, (a, b) in differ.items())
+                + "): set model/prior to the one it was trained with")
+        load_state_dict_strict(self.prior, start.state_dict(), what=f"init_from {path}")
+        log.info("prior weights start from %s", path)
 
     @property
     def tokens_per_sample(self) -> int:

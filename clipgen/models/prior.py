@@ -202,15 +202,6 @@ class CLIPPrior(nn.Module):
         head = c.n_embd * c.vocab_size
         return 2 * (c.n_layer * block + head) + c.n_layer * 2 * attention
 
-    def decode_weight_bytes(self, bytes_per_value: int) -> int:
-        """Bytes of weights one decoding step must read: every block and the output head (the
-        embeddings are gathered a row per token)."""
-        c = self.config
-        block = 12 * c.n_embd ** 2 + 13 * c.n_embd  # attention + MLP weights and biases, norms
-        if c.reads_captions:  # cross-attention query and output projections, biases, norm
-            block += 2 * c.n_embd ** 2 + 4 * c.n_embd
-        return bytes_per_value * (c.n_layer * block + c.n_embd * c.vocab_size + 2 * c.n_embd)
-
     def sampling_flops(self, batch: int, cached: bool = True) -> float:
         """Model FLOPs of sampling every token of `batch` rows: with a key/value cache each
         position runs once; without one, every step reruns the prefix and tokens so far."""
