@@ -122,3 +122,17 @@ def tiny_prior_overrides(folder: Path, captions_per_image: int = 0) -> list[str]
                         captions_per_image=captions_per_image, caption_length=72)
     return ["experiment=shapes_prior", "resolution=16", f"bundle_dir={bundle}",
             f"cache_dir={folder / 'cache'}", "data.batch_size=4", *TINY_PRIOR]
+
+
+def random_prior(seed: int = 0, weight_std: float = 0.3, **config):
+    """A small CLIPPrior in eval mode whose matrices are drawn with `weight_std` (larger than
+    GPT-2's init: varied, condition-dependent logits); `config` fields of PriorConfig."""
+    from clipgen.models.prior import CLIPPrior, PriorConfig
+
+    torch.manual_seed(seed)
+    model = CLIPPrior(PriorConfig(**config)).eval()
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.dim() > 1:
+                param.normal_(0.0, weight_std)
+    return model

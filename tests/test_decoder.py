@@ -5,21 +5,15 @@ import torch
 
 from clipgen.generation.decoder import StaticDecoder, decoder_weights, resolve_dtype
 from clipgen.generation.sampling import SamplingConfig, guided_logits, sample_tokens
-from clipgen.models.prior import CLIPPrior, PriorConfig
+from tests.helpers import random_prior
 
 N_TOKENS = 12
 
 
 @pytest.fixture(scope="module")
 def prior():
-    torch.manual_seed(0)
-    model = CLIPPrior(PriorConfig(vocab_size=50, n_tokens=N_TOKENS, cond_dim=16, n_prefix=2,
-                                  n_layer=2, n_embd=32, n_head=2)).eval()
-    with torch.no_grad():  # larger weights than GPT-2's init: varied, condition-dependent logits
-        for param in model.parameters():
-            if param.dim() > 1:
-                param.normal_(0.0, 0.3)
-    return model
+    return random_prior(vocab_size=50, n_tokens=N_TOKENS, cond_dim=16, n_prefix=2, n_layer=2,
+                        n_embd=32, n_head=2)
 
 
 def _cond(n=3):

@@ -402,6 +402,7 @@ def test_shapes_suite_writes_a_report_and_resumes(tmp_path):
     out = tmp_path / "out"
     assert {"report.json", "report.md", "grid.png", "manifest.json"} <= {
         p.name for p in out.iterdir()}
+    assert report["timing"]["generated_now"] == 12 and report["timing"]["images_per_s"] > 0
     metrics = report["metrics"]
     assert metrics["fd_clip_real_images"] == 32 and metrics["fd_clip"] > 0
     assert 0 <= metrics["attributes"]["all"]["color"]["accuracy"] <= 1

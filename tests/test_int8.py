@@ -7,7 +7,8 @@ import torch
 from clipgen.generation.decoder import StaticDecoder, decoder_weights
 from clipgen.generation.int8_weights import int8_weight, quantise_per_channel
 from clipgen.generation.sampling import SamplingConfig, sample_tokens
-from clipgen.models.prior import CLIPPrior, PriorConfig
+from clipgen.models.prior import CLIPPrior
+from tests.helpers import random_prior
 
 N_TOKENS = 12
 # Logits of the int8 decoders against the same decoder with the weights in the activation
@@ -19,14 +20,8 @@ DYNAMIC_TOLERANCE = 0.07
 
 
 def _prior(seed: int = 0) -> CLIPPrior:
-    torch.manual_seed(seed)
-    model = CLIPPrior(PriorConfig(vocab_size=64, n_tokens=N_TOKENS, cond_dim=16, n_prefix=2,
-                                  n_layer=2, n_embd=64, n_head=2)).eval()
-    with torch.no_grad():  # larger weights than GPT-2's init: varied, condition-dependent logits
-        for param in model.parameters():
-            if param.dim() > 1:
-                param.normal_(0.0, 0.2)
-    return model
+    return random_prior(seed, weight_std=0.2, vocab_size=64, n_tokens=N_TOKENS, cond_dim=16,
+                        n_prefix=2, n_layer=2, n_embd=64, n_head=2)
 
 
 @pytest.fixture(scope="module")

@@ -86,8 +86,9 @@ def generate_images(generate: ImageGenerator, prompts: Sequence[EvalPrompt], out
 
     todo = [b for b in batches if missing_images(out_dir, span(b))]
     made = 0
-    with tqdm(total=len(batches), initial=len(batches) - len(todo), desc=f"generate[{rank}]",
-              unit="batch", disable=not progress) as bar:
+    share = sum(len(span(b)) for b in batches)
+    with tqdm(total=share, initial=share - sum(len(span(b)) for b in todo),
+              desc=f"generate[{rank}]", unit="img", disable=not progress) as bar:
         for b in todo:
             lo, hi = span(b).start, span(b).stop
             images = generate([p.text for p in prompts[lo:hi]], seed + b)
@@ -96,7 +97,7 @@ def generate_images(generate: ImageGenerator, prompts: Sequence[EvalPrompt], out
             for i, image in zip(range(lo, hi), images):
                 write_atomic(image_path(out_dir, i), lambda p, im=image: to_pil(im).save(p, "PNG"))
             made += hi - lo
-            bar.update(1)
+            bar.update(hi - lo)
     return made
 
 

@@ -235,7 +235,10 @@ def run_suite(cfg: DictConfig) -> dict[str, Any] | None:
         if made:
             seconds = time.perf_counter() - start
             timing = {"generated_now": made, "seconds": round(seconds, 2),
-                      "seconds_per_image": round(seconds / made, 4)}
+                      "seconds_per_image": round(seconds / made, 4),
+                      "images_per_s": round(made / seconds, 2)}
+            print(f"generated {made} images in {seconds:.1f} s ({made / seconds:.2f} "
+                  "images/s)")
         log.info("rank %d/%d generated %d images into %s", rank, world, made, out_dir)
         if world > 1:
             print(f"rank {rank}: generation share done; run steps=[metrics] once every rank "
