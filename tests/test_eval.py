@@ -318,6 +318,18 @@ def test_interrupted_generation_resumes_without_regenerating(tmp_path):
         generate_images(CountingGenerator(), prompts, part, {"method": "other"}, batch_size=2)
 
 
+def test_an_image_that_cannot_be_written_stops_generation(tmp_path):
+    # PNGs are written in a thread while the next batch samples: its errors must surface
+    def five_channels(prompts, seed):
+        return torch.zeros(len(prompts), 5, 8, 8)
+
+    prompts = prompt_list(["a red circle"], repeats=4)
+    with pytest.raises(TypeError, match="Cannot handle this data type"):
+        generate_images(five_channels, prompts, tmp_path, {"method": "test"}, batch_size=2,
+                        progress=False)
+    assert not list((tmp_path / "images").glob("*.png"))
+
+
 def test_generation_shards_split_the_work(tmp_path):
     prompts = prompt_list(["a red circle"], repeats=7)
     for rank in range(3):

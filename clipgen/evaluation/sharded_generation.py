@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -87,17 +88,27 @@ def generate_images(generate: ImageGenerator, prompts: Sequence[EvalPrompt], out
     todo = [b for b in batches if missing_images(out_dir, span(b))]
     made = 0
     share = sum(len(span(b)) for b in batches)
+    def write_batch(lo: int, images: torch.Tensor) -> None:
+        for i, image in enumerate(images, start=lo):
+            write_atomic(image_path(out_dir, i), lambda p, im=image: to_pil(im).save(p, "PNG"))
+
+    # PNG encoding runs in a thread while the next batch is sampled; one batch in flight
     with tqdm(total=share, initial=share - sum(len(span(b)) for b in todo),
-              desc=f"generate[{rank}]", unit="img", disable=not progress) as bar:
+              desc=f"generate[{rank}]", unit="img", disable=not progress) as bar, \
+            ThreadPoolExecutor(max_workers=1) as writer:
+        in_flight: Future | None = None
         for b in todo:
             lo, hi = span(b).start, span(b).stop
             images = generate([p.text for p in prompts[lo:hi]], seed + b)
             if len(images) != hi - lo:
                 raise RuntimeError(f"generator returned {len(images)} images for {hi - lo} prompts")
-            for i, image in zip(range(lo, hi), images):
-                write_atomic(image_path(out_dir, i), lambda p, im=image: to_pil(im).save(p, "PNG"))
+            if in_flight is not None:
+                in_flight.result()  # the previous batch is on disk (or its error is raised)
+            in_flight = writer.submit(write_batch, lo, images.cpu())
             made += hi - lo
             bar.update(hi - lo)
+        if in_flight is not None:
+            in_flight.result()
     return made
 
 
