@@ -640,8 +640,11 @@ def test_gpu_check_runs_every_part_at_tiny_sizes_on_cpu(tmp_path):
     assert rows["prior_gpt2_xl"]["activation_checkpointing"] is True
     assert 0 < rows["decode_gpt2_medium"]["roofline_fraction"]
     assert rows["decode_gpt2_medium"]["dtype"] == "bfloat16"
-    speculative = [r for r in report["rows"] if r.get("speculative") == "jacobi 4"]
-    assert len(speculative) == 1 and 2 <= speculative[0]["steps_per_image"] <= 16
+    decode = [r for r in report["rows"] if r["part"] == "decode_gpt2_medium"]
+    assert [(r["weights"], r["speculative"]) for r in decode] == [
+        ("dtype", ""), ("dtype", "jacobi 4"), ("int8", ""), ("int8", "jacobi 4")]
+    assert all(2 <= r["steps_per_image"] <= 16 for r in decode if r["speculative"])
+    assert decode[2]["weight_bytes_per_token"] < decode[0]["weight_bytes_per_token"]
     assert rows["suite_coco_generation"]["pngs_written"] == 4
     assert "| seconds_per_step |" in proc.stdout and (tmp_path / "check.md").is_file()
 

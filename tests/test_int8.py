@@ -4,7 +4,7 @@ cache of quantised weights, and the settings that refuse int8."""
 import pytest
 import torch
 
-from clipgen.generation.decoder import StaticDecoder, decoder_weights
+from clipgen.generation.decoder import StaticDecoder, decoder_weights, resolve_precision
 from clipgen.generation.int8_weights import int8_weight, quantise_per_channel
 from clipgen.generation.sampling import SamplingConfig, sample_tokens
 from clipgen.models.prior import CLIPPrior
@@ -121,7 +121,7 @@ def test_int8_sampling_runs_plain_and_speculative_with_the_same_greedy_tokens(pr
 
 
 @pytest.mark.parametrize("settings,message", [
-    (dict(weights="int4"), "weights must be one of dtype, int8, int8_dynamic"),
+    (dict(weights="int4"), "weights must be auto or one of dtype, int8, int8_dynamic"),
     (dict(weights="int8", decoder="hf"), "static decoder only"),
     (dict(weights="int8_dynamic", compile=True), "compile=false or weights=int8")])
 def test_settings_that_cannot_run_int8_are_refused(settings, message):
@@ -132,3 +132,23 @@ def test_settings_that_cannot_run_int8_are_refused(settings, message):
 def test_int8_dynamic_is_refused_off_the_cpu():
     with pytest.raises(ValueError, match="CPU only"):
         int8_weight(torch.randn(8, 8), "int8_dynamic", torch.float32, torch.device("meta"))
+
+
+@pytest.mark.parametrize("dtype,weights,decoder,compiled,device,expected", [
+    ("auto", "auto", "static", False, "cpu", (torch.float32, "int8_dynamic")),
+    ("bfloat16", "auto", "static", False, "cpu", (torch.bfloat16, "int8_dynamic")),
+    ("float32", "auto", "hf", False, "cpu", (torch.float32, "dtype")),
+    ("float32", "auto", "static", True, "cpu", (torch.float32, "dtype")),
+    ("float32", "auto", "static", False, "meta", (torch.float32, "dtype")),
+    ("float32", "int8", "static", False, "cpu", (torch.float32, "int8"))])
+def test_auto_weights_are_int8_dynamic_on_the_cpu_static_decoder_only(dtype, weights, decoder,
+                                                                      compiled, device, expected):
+    assert resolve_precision(dtype, weights, torch.device(device), decoder, compiled) == expected
+
+
+def test_auto_weights_sample_what_int8_dynamic_samples_on_a_cpu(prior):
+    def tokens(**settings):
+        return sample_tokens(prior, _cond(3), SamplingConfig(top_k=8, **settings),
+                             generator=torch.Generator().manual_seed(4))
+
+    assert torch.equal(tokens(weights="auto"), tokens(dtype="float32", weights="int8_dynamic"))

@@ -293,3 +293,13 @@ def test_previews_arrive_a_token_row_at_a_time_and_end_at_the_result(tmp_path):
                                                                       blank[..., 6:, :])
     final = results[0].images
     assert torch.equal(last.sort(0).values, final.sort(0).values)  # same images, any order
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_the_sampling_bench_marks_bf16_emulated_where_the_cpu_lacks_it(monkeypatch, native):
+    from clipgen.jobs import sampling_benchmark
+
+    monkeypatch.setattr(sampling_benchmark, "cpu_has_fast_bf16", lambda: native)
+    cpu = torch.device("cpu")
+    assert sampling_benchmark._emulated("bfloat16", cpu) is not native
+    assert sampling_benchmark._emulated("float32", cpu) is False

@@ -56,6 +56,27 @@ def _log_choice(dtype: str, why: str) -> None:
     log.info("sampling precision: %s (%s; set sampling.dtype to choose)", dtype, why)
 
 
+def resolve_precision(dtype: str, weights: str, device: torch.device, decoder: str = "static",
+                      compiled: bool = False) -> tuple[torch.dtype, str]:
+    """The sampling dtype and weight format. Weights `auto` are `int8_dynamic` on a CPU (the
+    uncompiled static decoder; the fastest CPU setting measured, docs/BENCHMARKS.md), with
+    fp32 activations when the dtype is `auto` too; elsewhere the weights stay in the sampling
+    dtype."""
+    if weights == "auto":
+        dynamic = device.type == "cpu" and decoder == "static" and not compiled
+        weights = "int8_dynamic" if dynamic else "dtype"
+        _log_weights(weights, device.type)
+        if dynamic and dtype == "auto":
+            return torch.float32, weights
+    return resolve_dtype(dtype, device), weights
+
+
+@cache
+def _log_weights(weights: str, device_type: str) -> None:
+    log.info("sampling weights: %s on %s (set sampling.weights to choose)", weights,
+             device_type)
+
+
 @dataclass
 class DecoderWeights:
     """GPT-2's weights as the decoder uses them, in one dtype. `out_in`: linear weights stored

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -21,8 +21,9 @@ from clipgen.generation.decoder import (
     WEIGHT_FORMATS,
     StaticDecoder,
     decoder_weights,
-    resolve_dtype,
+    resolve_precision,
 )
+from clipgen.generation.int8_weights import INT8_FORMATS
 from clipgen.generation.speculative import jacobi_decode
 from clipgen.models.prior import CLIPPrior, Memory
 
@@ -45,8 +46,9 @@ class SamplingConfig:
     # jacobi: speculative Jacobi decoding, `window` draft tokens per step, the same distribution
     speculative: str | None = None
     window: int = 16
-    # linear weights: dtype (the sampling dtype), int8 (weight-only, per-channel scales) or
-    # int8_dynamic (CPU: int8 weights and activations, fbgemm); see `int8_weights`
+    # linear weights: dtype (the sampling dtype), int8 (weight-only, per-channel scales),
+    # int8_dynamic (CPU: int8 weights and activations, fbgemm; see `int8_weights`) or auto
+    # (int8_dynamic on a CPU, else dtype: `resolve_precision`)
     weights: str = "dtype"
 
     def __post_init__(self) -> None:
@@ -76,10 +78,10 @@ class SamplingConfig:
             raise ValueError(f"window must be >= 2 draft tokens, got {self.window}")
         if self.compile and self.decoder != "static":
             raise ValueError("compile applies to the static decoder only (decoder=static)")
-        if self.weights not in WEIGHT_FORMATS:
-            raise ValueError(f"weights must be one of {', '.join(WEIGHT_FORMATS)}, "
+        if self.weights not in ("auto", *WEIGHT_FORMATS):
+            raise ValueError(f"weights must be auto or one of {', '.join(WEIGHT_FORMATS)}, "
                              f"got {self.weights!r}")
-        if self.weights != "dtype" and self.decoder != "static":
+        if self.weights in INT8_FORMATS and self.decoder != "static":
             raise ValueError(f"weights={self.weights} runs on the static decoder only "
                              "(decoder=static)")
         if self.weights == "int8_dynamic" and self.compile:
@@ -273,7 +275,9 @@ def sample_tokens(prior: CLIPPrior, cond: torch.Tensor, cfg: SamplingConfig | No
     if guided:
         null_mask = torch.zeros(len(rows), dtype=torch.bool, device=cond.device)
         null_mask[p * b:] = True
-    dtype = resolve_dtype(cfg.dtype, cond.device)
+    dtype, weight_format = resolve_precision(cfg.dtype, cfg.weights, cond.device, cfg.decoder,
+                                             cfg.compile)
+    cfg = replace(cfg, weights=weight_format)
     prefix = prior.prefix(rows, null_mask)
     memory = prior.memory(rows, null_mask)
     if cfg.speculative == "jacobi":

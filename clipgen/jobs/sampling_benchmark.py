@@ -113,11 +113,9 @@ def _variants(decoders: Sequence[str], compile_modes: Sequence[bool], windows: S
     return out
 
 
-def _dtype_label(dtype: str, device: torch.device) -> str:
-    """The precision as the table prints it: bf16 on a CPU without native bf16 is emulated."""
-    if dtype == "bfloat16" and device.type == "cpu" and not cpu_has_fast_bf16():
-        return "bfloat16 (emulated)"
-    return dtype
+def _emulated(dtype: str, device: torch.device) -> bool:
+    """Whether `dtype` is emulated here: bf16 on a CPU without native bf16."""
+    return dtype == "bfloat16" and device.type == "cpu" and not cpu_has_fast_bf16()
 
 
 def sampling_rows(models: Mapping[str, PriorConfig | BenchPrior], batches: Sequence[int],
@@ -156,7 +154,8 @@ def sampling_rows(models: Mapping[str, PriorConfig | BenchPrior], batches: Seque
                              if decoder == "recompute" else 1.0)
                     estimate = reference_s * ratio * max(slowdown, 1.0)
                     row: dict[str, Any] = {"model": name, "batch": batch, "decoder": decoder,
-                                           "dtype": _dtype_label(dtype, device),
+                                           "dtype": dtype,
+                                           "emulated": _emulated(dtype, device),
                                            "weights": fmt, "compile": compiled,
                                            "speculative": f"jacobi {window}" if window else ""}
                     if estimate > max_seconds:
