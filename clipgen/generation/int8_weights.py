@@ -6,13 +6,13 @@ Two ways to multiply, chosen by `sampling.weights`:
 - `int8` (weight-only; activations stay in the sampling dtype): torch's
   `_weight_int8pack_mm` kernel where it is fast (bf16 / fp16 activations, on any device that
   has it), else the int8 weight converted to the activation dtype inside the step and the
-  per-channel scale applied to the product. On a CPU without native bf16 the fp32 form reads
-  the int8 bytes but converts them to a full fp32 copy, so it is about as fast as fp32 weights
+  per-channel scale applied to the product. The fp32 form reads the int8 bytes but writes a
+  full fp32 copy each step, so on a CPU it is no faster than fp32 weights, often slower
   (docs/BENCHMARKS.md).
 - `int8_dynamic` (CPU): the quantized engine's dynamic linear layer (fbgemm / x86): the
-  activations are rounded to 8 bits per call (one scale per call, over the rows of the batch)
-  and the product runs in integer arithmetic (AVX2 / AVX512-VNNI). Fastest on CPUs without
-  native bf16; a row's output depends slightly on the other rows of its batch.
+  activations are rounded to 7 bits per call (one scale per call, over the rows of the batch)
+  and the product runs in integer arithmetic (AVX2 / AVX512-VNNI). The fastest CPU setting
+  measured; a row's output depends slightly on the other rows of its batch.
 """
 
 from __future__ import annotations
