@@ -16,7 +16,12 @@ from clipgen.data.shapes_dataset import ShapesDataset
 from clipgen.data.transforms import pil_to_tensor
 from clipgen.jobs.export import export_checkpoint
 from clipgen.lit.clip_module import CLIPModule, contrastive_loss
-from clipgen.metrics.zero_shot import in_context_accuracy, retrieval_r1, zero_shot_prompts
+from clipgen.metrics.zero_shot import (
+    in_context_accuracy,
+    retrieval_r1,
+    shape_readings,
+    zero_shot_prompts,
+)
 from clipgen.models.clip import FrozenCLIP
 
 
@@ -199,3 +204,22 @@ def test_gpt2_medium_experiment_without_clip_weights_stops_before_any_work(tmp_p
             f"model.tokenizer.path={tmp_path}/none.ckpt"], return_hydra_config=True)
     with pytest.raises(ValueError, match="no weights: set model.clip.pretrained"):
         run_precompute(cfg)
+
+
+def test_shape_readings_count_each_combinations_shapes_as_read():
+    shapes = ATTRIBUTE_VALUES["shape"]
+
+    def encode_text(prompts):  # one direction per shape named, whatever the colour
+        return torch.stack([torch.eye(len(shapes))[[s in p.split() for s in shapes].index(True)]
+                            for p in prompts])
+
+    # three blue stars: two read as stars, one as a diamond; one yellow triangle read right
+    read = ["star", "star", "diamond", "triangle"]
+    image_emb = torch.stack([torch.eye(len(shapes))[shapes.index(r)] for r in read])
+    truth = {"color": ["blue", "blue", "blue", "yellow"],
+             "shape": ["star", "star", "star", "triangle"]}
+    counts = shape_readings(image_emb, truth, encode_text)
+    assert list(counts) == ["blue star", "yellow triangle"]
+    assert counts["blue star"] == {**dict.fromkeys(shapes, 0), "star": 2, "diamond": 1}
+    assert counts["yellow triangle"] == {**dict.fromkeys(shapes, 0), "triangle": 1}
+

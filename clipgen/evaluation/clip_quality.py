@@ -10,7 +10,12 @@ import torch
 
 from clipgen.data.shapes import ATTRIBUTE_VALUES
 from clipgen.data.shapes_dataset import ShapesDataset
-from clipgen.metrics.zero_shot import in_context_accuracy, retrieval_r1, zero_shot_accuracy
+from clipgen.metrics.zero_shot import (
+    in_context_accuracy,
+    retrieval_r1,
+    shape_readings,
+    zero_shot_accuracy,
+)
 from clipgen.models.clip import FrozenCLIP
 
 
@@ -19,7 +24,8 @@ def shapes_clip_report(clip: FrozenCLIP, num_images: int = 1024, split: str = "v
                        holdout: Sequence[Mapping[str, str]] = (), batch_size: int = 256
                        ) -> dict[str, Any]:
     """Zero-shot accuracy of every Shapes attribute (prompt ensembles, and in context: the
-    other attributes named truly) and retrieval R@1 over `num_images` renders of `split`."""
+    other attributes named truly) and retrieval R@1 over `num_images` renders of `split`;
+    for the held-out split also each combination's shape readings (`shape_readings`)."""
     data = ShapesDataset(num_images, image_size=clip.image_size, split=split,
                          holdout=[dict(h) for h in holdout])
     items = [data[i] for i in range(len(data))]
@@ -37,4 +43,6 @@ def shapes_clip_report(clip: FrozenCLIP, num_images: int = 1024, split: str = "v
                    for k, v in in_context_accuracy(image_emb, truth, clip.encode_text).items()})
     i2t, t2i = retrieval_r1(image_emb, text_emb, captions)
     report.update(i2t_r1=round(i2t, 4), t2i_r1=round(t2i, 4))
+    if split == "heldout":  # few combinations: how each one's shape is read
+        report["shape_readings"] = shape_readings(image_emb, truth, clip.encode_text)
     return report

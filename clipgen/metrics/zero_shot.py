@@ -61,6 +61,24 @@ def in_context_accuracy(image_emb: torch.Tensor, truth: dict[str, Sequence[str]]
     return out
 
 
+def shape_readings(image_emb: torch.Tensor, truth: dict[str, Sequence[str]],
+                   encode_text: Callable[[list[str]], torch.Tensor]
+                   ) -> dict[str, dict[str, int]]:
+    """For each colour x shape combination among the images, how often each shape is read:
+    an image's shape is the one whose prompt with the image's true colour ("a blue star",
+    "a blue diamond", ...) is most similar to its embedding. Keys "<colour> <shape>"."""
+    shapes = ATTRIBUTE_VALUES["shape"]
+    out: dict[str, dict[str, int]] = {}
+    for color in dict.fromkeys(truth["color"]):
+        classes = F.normalize(encode_text([prompt_for({"color": color, "shape": s})
+                                           for s in shapes]).float(), dim=-1)
+        for i in (i for i, c in enumerate(truth["color"]) if c == color):
+            read = shapes[int((classes.to(image_emb.device) @ image_emb[i].float()).argmax())]
+            counts = out.setdefault(f"{color} {truth['shape'][i]}", dict.fromkeys(shapes, 0))
+            counts[read] += 1
+    return dict(sorted(out.items()))
+
+
 def retrieval_r1(image_emb: torch.Tensor, text_emb: torch.Tensor, captions: list[str]
                  ) -> tuple[float, float]:
     """Image-to-text and text-to-image recall@1 over paired embeddings. A retrieved item counts
