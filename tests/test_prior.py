@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -235,3 +237,18 @@ def test_init_from_starts_the_prior_from_an_export_and_refuses_another_architect
     with pytest.raises(ValueError, match="n_layer: 2 there, 3 here"):
         PriorModule(PriorConfig(**{**PRIOR, "n_layer": 3}), vqgan, clip,
                     PriorTrainConfig(init_from=str(tmp_path / "prior.safetensors")))
+    # a retrained CLIP of the same architecture: refused unless asked for, then accepted
+    other_clip = copy.deepcopy(clip)
+    with torch.no_grad():
+        next(other_clip.model.parameters()).add_(0.01)
+    with pytest.raises(ValueError, match="other encoders"):
+        _module((vqgan, other_clip, None), init_from=str(tmp_path / "prior.safetensors"))
+    moved = _module((vqgan, other_clip, None), init_from=str(tmp_path / "prior.safetensors"),
+                    init_from_other_clip=True)
+    assert torch.equal(moved.prior.gpt.lm_head.weight, trained.gpt.lm_head.weight)
+    other_vqgan = copy.deepcopy(vqgan)
+    with torch.no_grad():
+        next(other_vqgan.parameters()).add_(0.01)
+    with pytest.raises(ValueError, match="vqgan"):
+        _module((other_vqgan, clip, None), init_from=str(tmp_path / "prior.safetensors"),
+                init_from_other_clip=True)

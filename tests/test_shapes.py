@@ -174,6 +174,34 @@ def test_full_caption_rate_names_every_attribute_as_often_as_asked():
         ShapesWorld(full_caption_rate=1.5)
 
 
+def test_colorless_rate_draws_gray_silhouettes_captioned_without_colour():
+    plain = ShapesWorld(seed=3, holdout=HOLDOUT)
+    same = ShapesWorld(seed=3, holdout=HOLDOUT, colorless_rate=0.0)
+    assert [plain[i].caption for i in range(30)] == [same[i].caption for i in range(30)]
+    world = ShapesWorld(seed=3, holdout=HOLDOUT, colorless_rate=0.4)
+    silhouettes = [world[i] for i in range(200) if world[i].record.colorless]
+    assert 50 < len(silhouettes) < 110
+    colour_words = set(OBJECT_COLORS)
+    for sample in silhouettes[:40]:
+        index = next(i for i in range(200) if world[i].record == sample.record)
+        for text in world.captions(index, 4) + world.negative_captions(index, 3):
+            assert not colour_words & set(text.replace(",", " ").split()), text
+        assert sample.record.shape in sample.caption
+        arr = np.asarray(sample.image).reshape(-1, 3).astype(int)
+        assert (arr.max(axis=1) - arr.min(axis=1)).max() <= 1  # gray pixels only
+        bg = np.asarray(BACKGROUND_COLORS[sample.record.background])
+        assert np.abs(arr - bg).max() > 60  # the object stands out from its background
+        # everything but the colour is the coloured render's
+        coloured = render(replace(sample.record, colorless=False), 64)
+        mask = np.abs(np.asarray(coloured).astype(int) - bg).max(axis=2) > 0
+        assert np.array_equal(mask, np.abs(np.asarray(sample.image).astype(int) - bg).max(
+            axis=2) > 0)
+    with pytest.raises(ValueError, match="train split only"):
+        ShapesWorld(split="val", colorless_rate=0.2)
+    with pytest.raises(ValueError, match="colorless_rate"):
+        ShapesWorld(colorless_rate=1.2)
+
+
 def test_negative_captions_change_one_attribute_the_caption_names():
     world = ShapesWorld(seed=2)
     hard = ("position", "size")

@@ -34,6 +34,13 @@ SIZE_JITTER: tuple[float, float] = (0.92, 1.08)
 GRID: tuple[float, float, float] = (0.28, 0.50, 0.72)
 POSITION_JITTER: float = 0.03
 STAR_INNER_RATIO: float = 0.45
+# Colour-free silhouettes (`ShapesWorld(colorless_rate=...)`, for CLIP training only): the
+# object in a gray that stands out from its background, captioned without a colour word
+SILHOUETTE_FILL: dict[str, tuple[int, int, int]] = {
+    "white": (90, 90, 90),
+    "black": (170, 170, 170),
+    "gray": (40, 40, 40),
+}
 POSITIONS: dict[str, tuple[int, int]] = {
     "top left": (0, 0),
     "top": (1, 0),
@@ -68,6 +75,9 @@ class ShapeRecord:
     cx: float  # object centre, pixels
     cy: float
     radius: float  # outer radius, pixels
+    # drawn as a gray silhouette (SILHOUETTE_FILL): `color` is then the palette colour it
+    # replaced, not what the pixels show
+    colorless: bool = False
 
     def attributes(self) -> dict[str, str]:
         """The five attribute words."""
@@ -105,7 +115,8 @@ def render(record: ShapeRecord, image_size: int) -> Image.Image:
     big = image_size * SUPERSAMPLE
     img = Image.new("RGB", (big, big), BACKGROUND_COLORS[record.background])
     draw = ImageDraw.Draw(img)
-    fill = OBJECT_COLORS[record.color]
+    fill = (SILHOUETTE_FILL[record.background] if record.colorless
+            else OBJECT_COLORS[record.color])
     # Continuous coordinates (pixel i spans [i, i+1)) to PIL's (pixel i centred on i).
     cx, cy = record.cx * SUPERSAMPLE - 0.5, record.cy * SUPERSAMPLE - 0.5
     r = record.radius * SUPERSAMPLE
@@ -148,6 +159,18 @@ CAPTION_TEMPLATES: tuple[str, ...] = (
     "{a_shape} {shape}",
     "a {background} background with {a_color} {color} {shape}",
 )
+
+
+def colorless_template(template: str) -> str:
+    """The caption template with its colour words taken out (for colour-free silhouettes):
+    "a photo of {a_color} {color} {shape}" becomes "a photo of {a_shape} {shape}"."""
+    out = (template.replace("{a_color} {color} ", "{a_shape} ")
+           .replace(" colored {color}", "").replace(" in {color}", "")
+           .replace("{color} ", ""))
+    if "color}" in out:
+        raise ValueError(f"caption template {template!r} names a colour in a way "
+                         "colorless_template does not know how to take out")
+    return out
 
 
 def caption(record: ShapeRecord, template: str) -> str:
@@ -239,10 +262,14 @@ class ShapesWorld:
 
     Held-out combinations (e.g. ``[{"color": "yellow", "shape": "triangle"}]``) never appear in
     the ``train``, ``val`` or ``test`` splits; the ``heldout`` split draws only from them.
+    ``colorless_rate`` (train split only) draws that share of images as gray silhouettes
+    captioned without a colour, so that a CLIP learns shape apart from colour without ever
+    seeing a held-out combination.
     """
 
     def __init__(self, image_size: int = 64, seed: int = 0, split: str = "train",
-                 holdout: Iterable[Combination] = (), full_caption_rate: float = 0.0) -> None:
+                 holdout: Iterable[Combination] = (), full_caption_rate: float = 0.0,
+                 colorless_rate: float = 0.0) -> None:
         if split not in SPLIT_IDS:
             raise ValueError(f"unknown split {split!r}; expected one of {list(SPLIT_IDS)}")
         if image_size < 16:
@@ -254,6 +281,12 @@ class ShapesWorld:
         if not 0.0 <= full_caption_rate <= 1.0:
             raise ValueError(f"full_caption_rate must lie in [0, 1], got {full_caption_rate}")
         self.full_caption_rate = full_caption_rate
+        if not 0.0 <= colorless_rate <= 1.0:
+            raise ValueError(f"colorless_rate must lie in [0, 1], got {colorless_rate}")
+        if colorless_rate and split != "train":
+            raise ValueError("colorless_rate is for the train split only: the attribute "
+                             "records of silhouettes name a colour their pixels do not show")
+        self.colorless_rate = colorless_rate
         if split == "heldout" and not self.holdout:
             raise ValueError("split 'heldout' needs at least one held-out combination")
 
@@ -287,7 +320,12 @@ class ShapesWorld:
         # drawn only when asked for, so that the default data stays what it was
         if self.full_caption_rate and rng.random() < self.full_caption_rate:
             template = CAPTION_TEMPLATES[0]  # names every attribute
-        return ShapeRecord(**attrs, cx=float(cx), cy=float(cy), radius=float(radius)), template
+        colorless = bool(self.colorless_rate) and rng.random() < self.colorless_rate
+        if colorless:
+            template = colorless_template(template)
+        record = ShapeRecord(**attrs, cx=float(cx), cy=float(cy), radius=float(radius),
+                             colorless=colorless)
+        return record, template
 
     def captions(self, index: int, count: int) -> list[str]:
         """`count` captions of sample `index`: its own caption first, then captions from other
@@ -296,7 +334,10 @@ class ShapesWorld:
             raise ValueError(f"captions per image must lie in [1, {len(CAPTION_TEMPLATES)}], "
                              f"got {count}")
         record, template = self.record(index)
-        others = [t for t in CAPTION_TEMPLATES if t != template]
+        templates = CAPTION_TEMPLATES
+        if record.colorless:  # a silhouette's captions never name a colour
+            templates = tuple(colorless_template(t) for t in CAPTION_TEMPLATES)
+        others = [t for t in dict.fromkeys(templates) if t != template]
         rng = np.random.default_rng([self.seed, SPLIT_IDS[self.split], index, 1])
         chosen = [others[i] for i in rng.permutation(len(others))[:count - 1]]
         return [caption(record, t) for t in [template, *chosen]]

@@ -15,12 +15,15 @@ class ShapesDataset(Dataset):
     the attribute words and a key; with `captions_per_image` > 1 also "captions", that many
     captions of the same image from different templates (the first is "caption"); with
     `negative_captions` > 0 also "negative_captions", that many hard negatives of "caption"
-    (one attribute changed, drawn from `negative_attributes` where the caption names one)."""
+    (one attribute changed, drawn from `negative_attributes` where the caption names one);
+    `colorless_rate`: that share of images drawn as gray silhouettes, captioned without a
+    colour (CLIP training; `ShapesWorld`)."""
 
     def __init__(self, length: int, image_size: int = 64, seed: int = 0, split: str = "train",
                  holdout: Iterable[Mapping[str, str]] = (), full_caption_rate: float = 0.0,
                  captions_per_image: int = 1, negative_captions: int = 0,
-                 negative_attributes: Sequence[str] = tuple(ATTRIBUTE_VALUES)) -> None:
+                 negative_attributes: Sequence[str] = tuple(ATTRIBUTE_VALUES),
+                 colorless_rate: float = 0.0) -> None:
         if length <= 0:
             raise ValueError(f"length must be positive, got {length}")
         self.length = length
@@ -30,7 +33,8 @@ class ShapesDataset(Dataset):
         self.negative_captions = negative_captions
         self.negative_attributes = check_attribute_names(negative_attributes)
         self.world = ShapesWorld(image_size=image_size, seed=seed, split=split,
-                                 holdout=list(holdout), full_caption_rate=full_caption_rate)
+                                 holdout=list(holdout), full_caption_rate=full_caption_rate,
+                                 colorless_rate=colorless_rate)
 
     def __len__(self) -> int:
         return self.length

@@ -44,6 +44,9 @@ class PriorTrainConfig:
     # a stage-2 export (prior.safetensors) or checkpoint whose weights start this run
     # (fine-tuning: a fresh optimiser and schedule); the architecture and encoders must match
     init_from: str | None = None
+    # accept an init_from prior trained on other weights of the same CLIP architecture (to
+    # fine-tune it onto a retrained CLIP); the VQGAN must still be its own
+    init_from_other_clip: bool = False
 
 
 def perturb_condition(cond: torch.Tensor, level: float,
@@ -126,7 +129,7 @@ class PriorModule(ClipgenModule):
                              "prior (condition=text) reads none: set model.train.cond_noise=0")
         self.prior = CLIPPrior(prior)
         if train.init_from:
-            self.start_from(train.init_from, vqgan, clip)
+            self.start_from(train.init_from, vqgan, clip, train.init_from_other_clip)
         if train.activation_checkpointing:
             self.prior.gpt.gradient_checkpointing_enable(
                 gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -134,10 +137,12 @@ class PriorModule(ClipgenModule):
         self.cfg = train
         self.sampling = SamplingConfig(**train.sampling)
 
-    def start_from(self, path: str, vqgan: VQGAN, clip: FrozenCLIP) -> None:
-        """Copy the weights of the prior at `path` (checked against these encoders) into this
-        module's prior, which must have the same architecture."""
-        start = load_prior(path, vqgan, clip)
+    def start_from(self, path: str, vqgan: VQGAN, clip: FrozenCLIP,
+                   other_clip: bool = False) -> None:
+        """Copy the weights of the prior at `path` (checked against these encoders; with
+        `other_clip`, the CLIP's architecture only) into this module's prior, which must have
+        the same architecture."""
+        start = load_prior(path, vqgan, clip, other_clip_weights=other_clip)
         differ = {k: (v, getattr(self.prior.config, k)) for k, v in vars(start.config).items()
                   if k != "dropout" and getattr(self.prior.config, k) != v}
         if differ:

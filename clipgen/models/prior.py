@@ -221,11 +221,12 @@ class CLIPPrior(nn.Module):
 
 
 def load_prior(path: str | Path, vqgan: VQGAN, clip: FrozenCLIP,
-               condition: str | None = None) -> CLIPPrior:
+               condition: str | None = None, other_clip_weights: bool = False) -> CLIPPrior:
     """The prior of a stage-2 checkpoint (`.ckpt`) or export (`prior.safetensors` with its
     `prior.yaml`), checked against the VQGAN and CLIP it will be used with: a prior means
     nothing with another tokenizer or CLIP. With `condition`, a prior trained on another
-    conditioning is refused."""
+    conditioning is refused. `other_clip_weights` (fine-tuning onto a retrained CLIP) accepts
+    other weights of the same CLIP architecture; everything else is still checked."""
     path = Path(path)
     if path.suffix == ".safetensors":
         sidecar = path.with_suffix(".yaml")
@@ -246,7 +247,10 @@ def load_prior(path: str | Path, vqgan: VQGAN, clip: FrozenCLIP,
             raise ValueError(f"{path} is a {meta['stage']!r} checkpoint, not a stage-2 one")
         arch, encoders = meta["prior"], meta["encoders"]
         state = strip_prefix(checkpoint["state_dict"], "prior.")
-    check_identity(encoders, encoder_identity(vqgan, clip), f"stage-2 weights {path}")
+    expected = encoder_identity(vqgan, clip)
+    if other_clip_weights:
+        del expected["clip"]
+    check_identity(encoders, expected, f"stage-2 weights {path}")
     config = PriorConfig.from_dict(arch)
     if condition is not None and config.condition != condition:
         raise ValueError(f"stage-2 weights {path} were trained with condition="
