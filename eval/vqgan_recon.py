@@ -1,9 +1,9 @@
 """Shapes tokenizer quality: `python eval/vqgan_recon.py [vqgan=<checkpoint or export>]
-[num_images=512] [split=val]`: PSNR, codebook use and attributes read back from
+[num_images=512] [split=val|test|heldout]`: PSNR, codebook use and attributes read back from
 reconstructions. Prints JSON and a markdown table."""
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from clipgen.evaluation.shapes_reconstruction import shapes_reconstruction_report
 from clipgen.jobs.benchmark import machine_description, print_report
@@ -16,7 +16,8 @@ def report(cfg: DictConfig) -> dict:
     weights = cfg.vqgan or default_bundle() / "vqgan.safetensors"
     return {"vqgan": str(cfg.vqgan or "shipped"),
             **shapes_reconstruction_report(load_vqgan(weights), cfg.num_images, cfg.batch_size,
-                                           split=cfg.split)}
+                                           split=cfg.split,
+                                           holdout=OmegaConf.to_container(cfg.holdout))}
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="vqgan_recon")

@@ -3,6 +3,7 @@ reconstructions (does an object keep its colour and shape through the tokens?)."
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -18,11 +19,14 @@ from clipgen.models.vqgan import VQGAN
 
 @torch.no_grad()
 def shapes_reconstruction_report(vqgan: VQGAN, num_images: int = 512, batch_size: int = 64,
-                                 seed: int = 0, split: str = "val") -> dict[str, Any]:
-    """Reconstruct `num_images` Shapes images of `split`; report mean PSNR, the fraction of
-    codes used over the whole pass, perplexity, and per-attribute accuracy of the
-    reconstructions as read by the geometric reader."""
-    data = ShapesDataset(num_images, image_size=vqgan.config.resolution, seed=seed, split=split)
+                                 seed: int = 0, split: str = "val",
+                                 holdout: Sequence[Mapping[str, str]] = ()) -> dict[str, Any]:
+    """Reconstruct `num_images` Shapes images of `split` (`heldout`: only the `holdout`
+    combinations); report mean PSNR, the fraction of codes used over the whole pass,
+    perplexity, and per-attribute accuracy of the reconstructions as read by the geometric
+    reader."""
+    data = ShapesDataset(num_images, image_size=vqgan.config.resolution, seed=seed, split=split,
+                         holdout=[dict(h) for h in holdout])
     counts = torch.zeros(vqgan.config.n_embed, dtype=torch.long)
     psnrs, correct = [], {k: 0 for k in ATTRIBUTE_VALUES}
     for start in tqdm(range(0, num_images, batch_size), desc="reconstruct", unit="batch"):
