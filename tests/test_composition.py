@@ -81,6 +81,33 @@ def test_composed_sampling_gives_the_reference_tokens_in_the_static_decoder(prio
     assert torch.equal(guided, one_part)
 
 
+@pytest.mark.parametrize("decoder", ["static", "hf"])
+def test_weights_summing_to_one_run_no_null_rows_and_sample_the_same(prior, decoder,
+                                                                     monkeypatch):
+    import clipgen.generation.sampling as sampling
+
+    cond = torch.nn.functional.normalize(torch.randn(2, 3, 16), dim=-1)
+    weights = torch.tensor([[1.0, 1.0, -1.0], [0.5, 0.75, -0.25]])
+    rows = []
+    prefix = prior.prefix
+    monkeypatch.setattr(prior, "prefix", lambda c, mask=None: rows.append(len(c))
+                        or prefix(c, mask))
+    cfg = SamplingConfig(top_k=6, decoder=decoder, dtype="float32")
+    tokens = {}
+    for forced in (False, True):
+        if forced:  # the null rows run, and their coefficient (1 - sum w = 0) drops them
+            monkeypatch.setattr(sampling, "null_term", lambda w: True)
+        gen = torch.Generator().manual_seed(5)
+        tokens[forced] = sample_tokens(prior, cond, cfg, generator=gen, part_weights=weights)
+    assert torch.equal(tokens[False], tokens[True])
+    monkeypatch.undo()
+    monkeypatch.setattr(prior, "prefix", lambda c, mask=None: rows.append(len(c))
+                        or prefix(c, mask))
+    sample_tokens(prior, cond, cfg, part_weights=torch.tensor([[1.0, 1.0, -0.5]] * 2))
+    # 3 parts x 2 prompts; with the null rows forced, + 2; weights summing to 1.5 need them
+    assert rows == [6, 8, 8]
+
+
 def test_parts_are_parsed_with_their_weights():
     assert parse_prompt("a blue shape AND a star") == [PromptPart("a blue shape", 1.0),
                                                        PromptPart("a star", 1.0)]

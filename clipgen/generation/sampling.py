@@ -178,6 +178,13 @@ def composed_logits(logits: torch.Tensor, weights: torch.Tensor, with_null: bool
     return null + (weights.transpose(0, 1) * (parts - null)).sum(0)
 
 
+def null_term(weights: torch.Tensor) -> bool:
+    """Whether the product of experts with these (B, P) part weights has a null term: it
+    cancels where every row's weights sum to 1 (null + sum_i w_i (cond_i - null) is then
+    sum_i w_i cond_i), and the null rows need not be computed."""
+    return bool(((weights.sum(1) - 1).abs() > 1e-6).any())
+
+
 def guided_logits(logits: torch.Tensor, b: int, scale: float) -> torch.Tensor:
     """null + scale * (cond - null) from (2B, V) logits whose first B rows are conditional."""
     return composed_logits(logits, torch.full((b, 1), float(scale), device=logits.device))
@@ -248,7 +255,8 @@ def sample_tokens(prior: CLIPPrior, cond: torch.Tensor, cfg: SamplingConfig | No
     With `part_weights` ((B, P), composable prompts), `cond` holds P conditions per prompt,
     (B, P, ...), and each token is drawn from `composed_logits` of the P parts and the null
     condition inside the guidance interval (the weights take the guidance scale's place), and
-    of the P parts with normalised weights outside it.
+    of the P parts with normalised weights outside it. Where every prompt's weights sum to 1
+    the null term cancels and no null rows are run.
     `on_token(i, tokens)` is called after position i is drawn (tokens beyond i are zero, or
     already drawn for some rows with speculative decoding). With `cfg.speculative="jacobi"`,
     `stats` (when given) gets the decode steps and the tokens made per step.
@@ -263,13 +271,14 @@ def sample_tokens(prior: CLIPPrior, cond: torch.Tensor, cfg: SamplingConfig | No
         if weights.shape != cond.shape[:2]:
             raise ValueError(f"part_weights {tuple(weights.shape)} do not match the conditions' "
                              f"(prompts, parts) {tuple(cond.shape[:2])}")
-        last_guided = cfg.last_in_interval(n)
+        last_guided = cfg.last_in_interval(n) if null_term(weights) else -1
     weights = weights.to(cond.device)
     p = weights.shape[1]
     guided = last_guided >= 0
-    # composed prompts use the null rows wherever the interval says; plain ones only with
-    # a guidance scale
-    uses_null = cfg.in_interval if part_weights is not None else cfg.guided_at
+    # composed prompts use the null rows wherever the interval says (unless their weights
+    # cancel the null term); plain ones only with a guidance scale
+    uses_null = cfg.guided_at if part_weights is None else (
+        cfg.in_interval if guided else lambda i: False)
     rows = torch.cat([parts, parts[:b]]) if guided else parts
     null_mask = None
     if guided:
