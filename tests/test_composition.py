@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from clipgen.generation.prompt_parts import PromptPart, is_composed, parse_prompt
+from clipgen.generation.prompt_parts import PromptPart, compose_prompt, is_composed, parse_prompt
 from clipgen.generation.sampling import SamplingConfig, composed_logits, sample_tokens
 from clipgen.generation.text_to_image import TextToImage
 from clipgen.models.prior import CLIPPrior, PriorConfig
@@ -116,6 +116,18 @@ def test_parts_are_parsed_with_their_weights():
     assert parse_prompt("NOT a circle AND a star :: 3") == [PromptPart("a circle", -1.0),
                                                             PromptPart("a star", 3.0)]
     assert not is_composed("a red and blue star") and is_composed("a red star NOT a circle")
+
+
+@pytest.mark.parametrize("parts", [
+    [PromptPart("a blue diamond", 1.0), PromptPart("a red star", 1.0),
+     PromptPart("a red diamond", -1.0)],
+    [PromptPart("a circle", -0.5), PromptPart("a star", 1.5)],
+    [PromptPart("a yellow square", 0.25), PromptPart("a green triangle", 0.375),
+     PromptPart("a green square", -0.125)]])
+def test_composed_text_parses_back_to_its_parts(parts):
+    assert parse_prompt(compose_prompt(parts)) == parts
+    with pytest.raises(ValueError, match="holds AND"):
+        compose_prompt([*parts, PromptPart("a star AND a circle", 1.0)])
 
 
 @pytest.mark.parametrize("prompt, message", [("a blue shape AND ", "empty part"),

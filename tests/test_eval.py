@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -20,8 +21,9 @@ from clipgen.data.shapes import ATTRIBUTE_VALUES
 from clipgen.evaluation.image_vs_text import condition_gap
 from clipgen.evaluation.prompts import prompt_list, shapes_prompts
 from clipgen.evaluation.sharded_generation import generate_images, image_path, read_images
-from clipgen.evaluation.suite import run_suite, suite_summary
+from clipgen.evaluation.suite import method_image_generator, run_suite, suite_summary
 from clipgen.evaluation.token_regions import REGIONS, token_loss_by_region, token_regions
+from clipgen.generation.prompt_parts import parse_prompt
 from clipgen.generation.text_to_image import Conditions, Generation, TextToImage
 from clipgen.metrics.attributes import attribute_accuracy
 from clipgen.metrics.caps import CaptionScorer, caps_from_nll
@@ -401,6 +403,57 @@ def test_shapes_prompts_in_the_caption_templates_state_what_each_template_names(
     assert any(p.group == "seen" and p.attributes == {"shape": "star"} for p in prompts)
     with pytest.raises(ValueError, match="style"):
         shapes_prompts(style="fancy")
+
+
+def test_heldout_prompts_by_analogy_compose_seen_combinations_to_net_weight_one():
+    def articles_as_a(text: str) -> str:
+        return re.sub(r"\ban\b", "a", text)
+
+    holdout = [{"color": "yellow", "shape": "triangle"}, {"color": "blue", "shape": "star"}]
+    for style in ("canonical", "templates"):
+        plain = shapes_prompts(samples_per_combination=6, holdout=holdout, seed=2, style=style)
+        composed = shapes_prompts(samples_per_combination=6, holdout=holdout, seed=2,
+                                  style=style, heldout_phrasing="analogy", analogies=2)
+        assert [p.attributes for p in composed] == [p.attributes for p in plain]
+        for before, after in zip(plain, composed):
+            if before.group == "seen":
+                assert after.text == before.text
+                continue
+            parts = parse_prompt(after.text)
+            assert len(parts) == 6 and sum(p.weight for p in parts) == pytest.approx(1)
+            x, y = before.attributes["color"], before.attributes["shape"]
+            net: dict[str, float] = {}
+            for part in parts:
+                words = part.text.replace(",", " ").split()
+                (color,) = [c for c in ATTRIBUTE_VALUES["color"] if c in words]
+                (shape,) = [s for s in ATTRIBUTE_VALUES["shape"] if s in words]
+                assert {"color": color, "shape": shape} not in holdout  # only seen ones
+                for word in (color, shape):
+                    net[word] = net.get(word, 0.0) + part.weight
+                # every other word is the plain prompt's (articles follow the words)
+                swapped = re.sub(rf"\b{shape}\b", y, re.sub(rf"\b{color}\b", x, part.text))
+                assert articles_as_a(swapped) == articles_as_a(before.text)
+            assert net.pop(x) == pytest.approx(1) and net.pop(y) == pytest.approx(1)
+            assert all(v == pytest.approx(0) for v in net.values()), net
+    with pytest.raises(ValueError, match="analogies must lie in"):
+        shapes_prompts(holdout=holdout, heldout_phrasing="analogy", analogies=5)
+    with pytest.raises(ValueError, match="phrasing"):
+        shapes_prompts(holdout=holdout, heldout_phrasing="parts")
+
+
+def test_suite_samples_plain_and_composed_prompts_of_one_batch_apart(tmp_path):
+    pipe = TextToImage.from_bundle(write_tiny_bundle(tmp_path / "bundle"))
+    with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("eval", overrides=["n_candidates=2", "device=cpu"])
+    generate = method_image_generator(pipe, cfg)
+    mixed = ["a red circle", "a blue square AND a red star NOT a red square", "a green star",
+             "a yellow circle :: 2"]
+    images = generate(mixed, 3)
+    assert images.shape == (4, 3, 16, 16)
+    plain = generate([mixed[0], mixed[2]], 3)
+    assert torch.equal(images[[0, 2]], plain)
+    assert torch.equal(images[1:2], generate(mixed[1:2], 3))
+    assert torch.equal(images[3:4], generate(mixed[3:4], 3))
 
 
 def test_shapes_suite_writes_a_report_and_resumes(tmp_path):

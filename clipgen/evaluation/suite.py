@@ -32,6 +32,7 @@ from clipgen.evaluation.sharded_generation import (
     read_manifest,
 )
 from clipgen.generation.generators import generate_by_method
+from clipgen.generation.prompt_parts import part_count
 from clipgen.generation.settings import (
     build_generator,
     check_generation_settings,
@@ -71,14 +72,23 @@ def generator_settings(cfg: DictConfig, pipe: TextToImage) -> dict[str, Any]:
 
 def method_image_generator(pipe: TextToImage, cfg: DictConfig) -> ImageGenerator:
     """One image per prompt from the configured method (best of n_candidates by CLIP for
-    clipgen sampling)."""
+    clipgen sampling). Prompts with different numbers of parts (plain ones, composed ones) are
+    sampled in separate batches, each with the batch's seed."""
 
     def generate(prompts: Sequence[str], seed: int) -> torch.Tensor:
-        results, _ = generate_by_method(pipe, cfg.method, pipe.text_conditions(prompts), keep=1,
-                                        settings=method_settings(cfg), seed=seed,
-                                        n_candidates=cfg.n_candidates,
-                                        batch_size=len(prompts) * cfg.n_candidates)
-        return torch.cat([r.images for r in results])
+        groups: dict[int, list[int]] = {}
+        for i, prompt in enumerate(prompts):
+            groups.setdefault(part_count(prompt), []).append(i)
+        images: list[torch.Tensor] = [torch.empty(0)] * len(prompts)
+        for rows in groups.values():
+            texts = [prompts[i] for i in rows]
+            results, _ = generate_by_method(pipe, cfg.method, pipe.text_conditions(texts),
+                                            keep=1, settings=method_settings(cfg), seed=seed,
+                                            n_candidates=cfg.n_candidates,
+                                            batch_size=len(texts) * cfg.n_candidates)
+            for i, result in zip(rows, results):
+                images[i] = result.images
+        return torch.cat(images)
     return generate
 
 

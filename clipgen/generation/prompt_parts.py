@@ -46,3 +46,23 @@ def parse_prompt(prompt: str) -> list[PromptPart]:
                          f"({', '.join(f'{p.weight:g}' for p in parts)}): raise a positive part's "
                          "weight (':: 2') so that the prompt still asks for something")
     return parts
+
+
+def part_count(prompt: str) -> int:
+    """How many parts the prompt has; 0 for a plain prompt (no parts)."""
+    return len(parse_prompt(prompt)) if is_composed(prompt) else 0
+
+
+def compose_prompt(parts: list[PromptPart]) -> str:
+    """The prompt text of `parts`, as `parse_prompt` reads it back: parts joined by AND
+    (positive weight) or NOT (negative), ` :: w` where a weight's size is not 1."""
+    pieces = []
+    for i, part in enumerate(parts):
+        if not part.text.strip() or SEPARATOR.search(f" {part.text} ") or "::" in part.text:
+            raise ValueError(f"part text {part.text!r} is empty or holds AND, NOT or '::'")
+        if part.weight == 0:
+            raise ValueError(f"part {part.text!r} has weight 0: leave it out")
+        joiner = "NOT " if part.weight < 0 else ("AND " if i else "")
+        size = abs(part.weight)
+        pieces.append(joiner + part.text + ("" if size == 1 else f" :: {size:g}"))
+    return " ".join(pieces)
