@@ -1,6 +1,7 @@
 """Shapes tokenizer quality: `python eval/vqgan_recon.py [vqgan=<checkpoint or export>]
-[num_images=512] [split=val|test|heldout]`: PSNR, codebook use and attributes read back from
-reconstructions. Prints JSON and a markdown table."""
+[num_images=512] [split=val|test|heldout] [colour_reference=8000]`: PSNR, codebook use and
+attributes read back from reconstructions, by colour x shape too. Prints JSON and a markdown
+table."""
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
@@ -17,7 +18,8 @@ def report(cfg: DictConfig) -> dict:
     return {"vqgan": str(cfg.vqgan or "shipped"),
             **shapes_reconstruction_report(load_vqgan(weights), cfg.num_images, cfg.batch_size,
                                            split=cfg.split,
-                                           holdout=OmegaConf.to_container(cfg.holdout))}
+                                           holdout=OmegaConf.to_container(cfg.holdout),
+                                           colour_reference=cfg.colour_reference)}
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="vqgan_recon")

@@ -191,6 +191,46 @@ def test_reconstruction_report_on_shapes():
     assert 0 <= report["color_read_back"] <= 1 and report["psnr_db"] > 0
 
 
+def test_reconstruction_report_counts_codes_new_to_an_images_colour():
+    from clipgen.evaluation.shapes_reconstruction import (
+        codes_by_colour,
+        shapes_reconstruction_report,
+    )
+
+    torch.manual_seed(0)
+    model = VQGAN(VQGANConfig(**TINY, quantizer="l2")).eval()
+    # the reference is the same training renders: no code is new to its colour
+    same = shapes_reconstruction_report(model, num_images=12, batch_size=4, split="train",
+                                        colour_reference=12)
+    combos = same["by_combination"]
+    assert sum(c["images"] for c in combos.values()) == 12
+    assert all(c["new_code_to_colour"] == 0 for c in combos.values())
+    # a reference of one render knows one colour: every image of another colour is new
+    one = shapes_reconstruction_report(model, num_images=12, batch_size=4, split="train",
+                                       colour_reference=1)
+    first = ShapesDataset(1, image_size=TINY["resolution"])[0]["attributes"]["color"]
+    others = {k: c for k, c in one["by_combination"].items() if not k.startswith(first + " ")}
+    assert others and all(c["new_code_to_colour"] == 1 for c in others.values())
+    # a reference of four renders: the share follows each image's own colour's codes (not
+    # the codes of every colour, which would count fewer images)
+    seen = codes_by_colour(model, 4, batch_size=4)
+    data = ShapesDataset(12, image_size=TINY["resolution"])
+    tokens = model.encode_to_tokens(torch.stack([data[i]["image"] for i in range(12)]))
+    new, new_to_all = {}, {}
+    for i, row in enumerate(tokens.flatten(1).tolist()):
+        a = data[i]["attributes"]
+        name = f"{a['color']} {a['shape']}"
+        new.setdefault(name, []).append(not set(row) <= seen.get(a["color"], set()))
+        new_to_all.setdefault(name, []).append(not set(row) <= set().union(*seen.values()))
+    four = shapes_reconstruction_report(model, num_images=12, batch_size=4, split="train",
+                                        colour_reference=4)["by_combination"]
+    assert {k: c["new_code_to_colour"] for k, c in four.items()} == {
+        k: round(sum(v) / len(v), 4) for k, v in new.items()}
+    assert new != new_to_all
+    assert "new_code_to_colour" not in shapes_reconstruction_report(
+        model, num_images=4, batch_size=4)["by_combination"].popitem()[1]
+
+
 def test_norm_groups_build_narrow_models_with_taming_names():
     narrow = VQGAN(VQGANConfig(**{**TINY, "ch": 16}, quantizer="l2", norm_groups=8))
     norms = [m for m in narrow.modules() if isinstance(m, nn.GroupNorm)]

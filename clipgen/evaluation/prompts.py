@@ -61,13 +61,18 @@ def _template_prompt(rng: np.random.Generator, color: str, shape: str) -> tuple[
 
 
 def analogy_parts(attributes: Mapping[str, str], phrase: Phrase, holdout: Sequence[Combination],
-                  rng: np.random.Generator, analogies: int = 1) -> list[PromptPart]:
+                  rng: np.random.Generator, analogies: int = 1,
+                  plain_weight: float = 0.0) -> list[PromptPart]:
     """A colour x shape prompt composed from seen combinations by analogy: for colour X and
     shape Y, the parts (X, Z) AND (W, Y) NOT (W, Z), in the same phrasing with every other
     word kept, for a colour W and shape Z whose three combinations are all seen. In the
     product of experts every stated attribute then has net weight 1 and the substitutes
     cancel (0 for W and Z); the weights sum to 1, so no null rows are needed. `analogies`
-    such triples, no two sharing a W or a Z, drawn from `rng`, each at weight 1 / analogies."""
+    such triples, no two sharing a W or a Z, drawn from `rng`, each at weight 1 / analogies;
+    with `plain_weight` p > 0 the prompt itself is a part of weight p and the triples share
+    1 - p."""
+    if not 0.0 <= plain_weight < 1.0:
+        raise ValueError(f"plain_weight must lie in [0, 1), got {plain_weight}")
     x, y = attributes["color"], attributes["shape"]
 
     def seen(color: str, shape: str) -> bool:
@@ -84,7 +89,8 @@ def analogy_parts(attributes: Mapping[str, str], phrase: Phrase, holdout: Sequen
     if analogies < 1 or len(chosen) < analogies:
         raise ValueError(f"analogies must lie in [1, {len(chosen)}] for {x} {y} (triples of "
                          f"seen combinations with distinct substitutes), got {analogies}")
-    parts, share = [], 1.0 / analogies
+    share = (1.0 - plain_weight) / analogies
+    parts = [PromptPart(phrase({}), plain_weight)] if plain_weight else []
     for w, z in chosen:
         parts += [PromptPart(phrase({"color": x, "shape": z}), share),
                   PromptPart(phrase({"color": w, "shape": y}), share),
@@ -96,7 +102,7 @@ def shapes_prompts(samples_per_combination: int = 8, extra_attribute_rate: float
                    holdout: Iterable[Mapping[str, str]] = (), seed: int = 0,
                    heldout_samples_per_combination: int | None = None,
                    style: str = "canonical", heldout_phrasing: str = "plain",
-                   analogies: int = 1) -> list[EvalPrompt]:
+                   analogies: int = 1, plain_weight: float = 0.0) -> list[EvalPrompt]:
     """Every colour x shape combination, `samples_per_combination` prompts each (values drawn
     with a fixed seed). `style="canonical"`: every prompt names its colour and shape in one
     fixed phrasing, and each of size, position and background with probability
@@ -106,7 +112,8 @@ def shapes_prompts(samples_per_combination: int = 8, extra_attribute_rate: float
     `seen`. `heldout_samples_per_combination` sets the held-out combinations' count apart:
     their first prompts and every seen prompt stay those of the default, and the extra ones
     come from a stream of their own. `heldout_phrasing="analogy"` writes each held-out
-    prompt as composable parts of seen combinations (`analogy_parts`, `analogies` triples; the
+    prompt as composable parts of seen combinations (`analogy_parts`, `analogies` triples and
+    the prompt itself at `plain_weight`; the
     substitutes from a stream of their own, so the plain prompts stay the same)."""
     if style not in PROMPT_STYLES:
         raise ValueError(f"unknown Shapes prompt style {style!r}; expected one of {PROMPT_STYLES}")
@@ -126,7 +133,8 @@ def shapes_prompts(samples_per_combination: int = 8, extra_attribute_rate: float
 
     def text(phrase: Phrase, attrs: dict) -> str:
         if heldout_phrasing == "analogy" and matches_any(attrs, held):
-            return compose_prompt(analogy_parts(attrs, phrase, held, analogy_rng, analogies))
+            return compose_prompt(analogy_parts(attrs, phrase, held, analogy_rng, analogies,
+                                                plain_weight))
         return phrase({})
 
     out = []
