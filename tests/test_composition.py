@@ -3,6 +3,8 @@ the static decoder and the reference."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -148,3 +150,31 @@ def test_composed_prompts_generate_from_a_bundle(tmp_path):
     assert [r.images.shape for r in results] == [(1, 3, 16, 16)] * 2
     with pytest.raises(ValueError, match="same number of parts"):
         pipe.text_conditions(["a blue shape AND a star", "a red circle AND a b AND c"])
+
+
+def test_sample_py_takes_plain_and_composed_prompts_together(tmp_path):
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+
+    from clipgen.jobs.sample_run import run_sampling
+
+    bundle = write_tiny_bundle(tmp_path / "bundle")
+    prompts = ["a red circle", "a blue diamond AND a red star NOT a red diamond",
+               "a green square", "a star :: 2"]
+    configs = Path(__file__).resolve().parent.parent / "configs"
+    with initialize_config_dir(str(configs), version_base="1.3"):
+        cfg = compose("sample", overrides=[f"bundle={bundle}", f"out_dir={tmp_path}/out",
+                                           "samples_per_prompt=2", "n_candidates=2",
+                                           f"prompts={json.dumps(prompts)}"])
+    out = run_sampling(cfg)
+    rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert [r["prompt"] for r in rows] == [p for p in prompts for _ in range(2)]
+    assert all((out / r["file"]).is_file() for r in rows)
+    # each prompt's images are those it gets sampled alone with its group
+    alone = TextToImage.from_bundle(bundle)
+    plain = alone.generate(alone.text_conditions([prompts[0], prompts[2]]), n_candidates=2,
+                           keep=2, sampling=SamplingConfig(**cfg.sampling), seed=0,
+                           batch_size=cfg.batch_size)
+    assert [r["clip_cosine"] for r in rows[4:6]] == [
+        round(float(c), 4) for c in plain[1].clip_cosine]

@@ -31,8 +31,7 @@ from clipgen.evaluation.sharded_generation import (
     read_images,
     read_manifest,
 )
-from clipgen.generation.generators import generate_by_method
-from clipgen.generation.prompt_parts import part_count
+from clipgen.generation.generators import generate_for_prompts
 from clipgen.generation.settings import (
     build_generator,
     check_generation_settings,
@@ -76,19 +75,11 @@ def method_image_generator(pipe: TextToImage, cfg: DictConfig) -> ImageGenerator
     sampled in separate batches, each with the batch's seed."""
 
     def generate(prompts: Sequence[str], seed: int) -> torch.Tensor:
-        groups: dict[int, list[int]] = {}
-        for i, prompt in enumerate(prompts):
-            groups.setdefault(part_count(prompt), []).append(i)
-        images: list[torch.Tensor] = [torch.empty(0)] * len(prompts)
-        for rows in groups.values():
-            texts = [prompts[i] for i in rows]
-            results, _ = generate_by_method(pipe, cfg.method, pipe.text_conditions(texts),
-                                            keep=1, settings=method_settings(cfg), seed=seed,
-                                            n_candidates=cfg.n_candidates,
-                                            batch_size=len(texts) * cfg.n_candidates)
-            for i, result in zip(rows, results):
-                images[i] = result.images
-        return torch.cat(images)
+        results, _ = generate_for_prompts(pipe, cfg.method, list(prompts), keep=1,
+                                          settings=method_settings(cfg), seed=seed,
+                                          n_candidates=cfg.n_candidates,
+                                          batch_size=len(prompts) * cfg.n_candidates)
+        return torch.cat([r.images for r in results])
     return generate
 
 

@@ -13,6 +13,7 @@ from torchvision.utils import make_grid
 from clipgen.data.transforms import to_pil
 from clipgen.generation.clip_guided.evolve import EvolveConfig, evolve_latents
 from clipgen.generation.clip_guided.optimize import OptimizeConfig, optimize_latents
+from clipgen.generation.prompt_parts import part_count
 from clipgen.generation.sampling import SamplingConfig
 from clipgen.generation.text_to_image import Conditions, Generation, TextToImage
 
@@ -64,6 +65,29 @@ def generate_by_method(pipe: TextToImage, method: str, conditions: Conditions, k
         return ([Generation(result.images[i, :keep], result.fitness[i, :keep])
                  for i in range(len(cond))], [[] for _ in range(len(cond))])
     raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
+
+
+def generate_for_prompts(pipe: TextToImage, method: str, prompts: list[str], keep: int,
+                         settings: Mapping[str, Any], seed: int = 0, n_candidates: int = 1,
+                         batch_size: int = 16, init_images: torch.Tensor | None = None,
+                         progress: bool = False
+                         ) -> tuple[list[Generation], list[list[torch.Tensor]]]:
+    """`generate_by_method` for text prompts, plain and composed ones together: prompts with
+    different numbers of parts are sampled as separate groups (each with `seed`), and the
+    results come back in the prompts' order."""
+    groups: dict[int, list[int]] = {}
+    for i, prompt in enumerate(prompts):
+        groups.setdefault(part_count(prompt), []).append(i)
+    results: list[Generation | None] = [None] * len(prompts)
+    frames: list[list[torch.Tensor]] = [[] for _ in prompts]
+    for rows in groups.values():
+        done, shown = generate_by_method(
+            pipe, method, pipe.text_conditions([prompts[i] for i in rows]), keep=keep,
+            settings=settings, seed=seed, n_candidates=n_candidates, batch_size=batch_size,
+            init_images=init_images, progress=progress)
+        for i, result, progress_frames in zip(rows, done, shown):
+            results[i], frames[i] = result, progress_frames
+    return [r for r in results if r is not None], frames
 
 
 def save_animation(frames: list[torch.Tensor], path: str | Path, duration_ms: int = 150) -> Path:

@@ -16,7 +16,11 @@ from torchvision.utils import make_grid
 from clipgen.atomic import write_atomic
 from clipgen.data.image_folder import load_image
 from clipgen.data.transforms import image_transform, to_pil
-from clipgen.generation.generators import generate_by_method, save_animation
+from clipgen.generation.generators import (
+    generate_by_method,
+    generate_for_prompts,
+    save_animation,
+)
 from clipgen.generation.settings import (
     build_generator,
     check_generation_settings,
@@ -80,27 +84,28 @@ def run_sampling(cfg: DictConfig) -> Path:
     device = resolve_device(cfg.device)
     generator = build_generator(cfg, device)
     method = cfg.get("method", "clipgen")
+    init = None
+    if cfg.get("init_image"):
+        if method != "optimize":
+            raise ValueError("init_image= is a start point for method=optimize")
+        init = read_image(cfg.init_image, generator)
+    run = dict(keep=cfg.samples_per_prompt, settings=method_settings(cfg), seed=cfg.seed,
+               n_candidates=cfg.n_candidates, batch_size=cfg.batch_size, init_images=init,
+               progress=True)
     if cfg.get("image"):
         if method != "clipgen":
             raise ValueError("image= gives variations with method=clipgen; to start "
                              f"{method} from an image use init_image=")
         labels = [f"variations of {Path(cfg.image).name}"]
         cond = generator.image_conditions(read_image(cfg.image, generator))
+        results, frames = generate_by_method(generator, method, cond, **run)
     else:
         labels = read_prompts(cfg)
         for line in shapes_warnings(labels, generator.clip.arch):
             log.warning(line)
             print(f"warning: {line}", file=sys.stderr)
-        cond = generator.text_conditions(labels)
-    init = None
-    if cfg.get("init_image"):
-        if method != "optimize":
-            raise ValueError("init_image= is a start point for method=optimize")
-        init = read_image(cfg.init_image, generator)
-    results, frames = generate_by_method(
-        generator, method, cond, keep=cfg.samples_per_prompt, settings=method_settings(cfg),
-        seed=cfg.seed, n_candidates=cfg.n_candidates, batch_size=cfg.batch_size,
-        init_images=init, progress=True)
+        # plain and composed prompts together: conditioned and sampled group by group
+        results, frames = generate_for_prompts(generator, method, labels, **run)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     settings = settings_record(cfg)
