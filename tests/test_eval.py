@@ -23,7 +23,7 @@ from clipgen.evaluation.prompts import prompt_list, shapes_prompts
 from clipgen.evaluation.sharded_generation import generate_images, image_path, read_images
 from clipgen.evaluation.suite import method_image_generator, run_suite, suite_summary
 from clipgen.evaluation.token_regions import REGIONS, token_loss_by_region, token_regions
-from clipgen.generation.prompt_parts import parse_prompt
+from clipgen.generation.prompt_parts import is_composed, parse_prompt
 from clipgen.generation.text_to_image import Conditions, Generation, TextToImage
 from clipgen.metrics.attributes import attribute_accuracy
 from clipgen.metrics.caps import CaptionScorer, caps_from_nll
@@ -737,6 +737,7 @@ def test_a_suite_names_the_prompts_the_shapes_world_cannot_draw(tmp_path, capsys
 
 
 def test_suite_throughput_times_every_variant_and_batch_size(tmp_path):
+    from clipgen.jobs import suite_throughput
     from clipgen.jobs.suite_throughput import suite_throughput_rows
 
     bundle = write_tiny_bundle(tmp_path / "bundle")
@@ -747,6 +748,21 @@ def test_suite_throughput_times_every_variant_and_batch_size(tmp_path):
         ("plain", 2), ("plain", 4), ("int8", 2), ("int8", 4)]
     assert all(r["images"] == 6 and r["images_per_s"] > 0 for r in rows)
     assert rows[0]["x_first"] == 1.0
+    # a variant's own prompt phrasing is the one timed
+    seen: list[list[str]] = []
+    real = suite_throughput.generate_images
+
+    def recording(generate, prompts, *args, **kwargs):
+        seen.append([p.text for p in prompts])
+        return real(generate, prompts, *args, **kwargs)
+
+    with mock.patch.object(suite_throughput, "generate_images", side_effect=recording):
+        suite_throughput_rows([f"bundle={bundle}", "suite=shapes", "device=cpu",
+                               "suite.prompts.samples_per_combination=0",
+                               "suite.prompts.heldout_samples_per_combination=2"],
+                              {"plain": [], "analogy": ["suite.prompts.heldout_phrasing=analogy"]},
+                              batches=[4], images=4)
+    assert not any(is_composed(t) for t in seen[0]) and all(is_composed(t) for t in seen[1])
     with pytest.raises(ValueError, match="fewer than images"):
         suite_throughput_rows([f"bundle={bundle}", "suite=shapes", "suite.limit=3",
                                "device=cpu"], {"plain": []}, [2], images=6)

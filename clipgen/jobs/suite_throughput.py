@@ -27,14 +27,16 @@ def suite_throughput_rows(eval_overrides: Sequence[str], variants: Mapping[str, 
     base = compose_config("eval", [*eval_overrides, "out_dir=unused"])
     device = resolve_device(base.device)
     pipe = build_generator(base, device)
-    prompts = suite_prompts(base)[:images]
-    if len(prompts) < images:
-        raise ValueError(f"the suite gives {len(prompts)} prompts, fewer than images={images}")
     rows: list[dict[str, Any]] = []
     for name, overrides in variants.items():
         for batch in batches:
             cfg = compose_config("eval", [*eval_overrides, *overrides, f"batch_size={batch}",
                                           "out_dir=unused"])
+            # a variant may phrase the prompts its own way (suite.prompts.*)
+            prompts = suite_prompts(cfg)[:images]
+            if len(prompts) < images:
+                raise ValueError(f"the suite gives {len(prompts)} prompts, fewer than "
+                                 f"images={images} (variant {name})")
             generate = method_image_generator(pipe, cfg)
             generate([p.text for p in prompts[:batch]], 0)  # warm-up: weights, caches
             best = float("inf")
