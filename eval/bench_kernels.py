@@ -4,7 +4,9 @@
 
 (1) one linear layer in the two weight layouts the decoder chooses between (x @ W(in, out) and
 W(out, in) @ x.T), with weights cycled out of cache as in decoding: ms and weight GB/s;
-(2) drawing a token with top-k over the whole vocabulary against among the k best.
+(2) drawing a token with top-k over the whole vocabulary against among the k best;
+(3) one decode step's attention over the key/value cache, the layers' caches cycled as in
+decoding and one layer's alone: ms per layer and cache GB/s.
 Prints JSON and markdown tables."""
 
 import hydra
@@ -12,19 +14,22 @@ from omegaconf import DictConfig
 
 from clipgen.jobs.benchmark import machine_description, print_report
 from clipgen.jobs.entry import run_job
-from clipgen.jobs.sampling_benchmark import layout_rows, token_pick_rows
+from clipgen.jobs.sampling_benchmark import attention_rows, layout_rows, token_pick_rows
 
 
-def bench(cfg: DictConfig) -> tuple[list[dict], list[dict]]:
+def bench(cfg: DictConfig) -> tuple[list[dict], list[dict], list[dict]]:
     layouts = layout_rows([list(s) for s in cfg.shapes], list(cfg.batches), cfg.copies)
-    return layouts, token_pick_rows(cfg.vocab, cfg.pick_rows, cfg.top_k)
+    a = cfg.attention
+    attention = attention_rows(list(a.batches), a.heads, a.head_dim, a.length, a.layers)
+    return layouts, token_pick_rows(cfg.vocab, cfg.pick_rows, cfg.top_k), attention
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="bench_kernels")
 def main(cfg: DictConfig) -> None:
-    layouts, picks = run_job(bench, cfg)
+    layouts, picks, attention = run_job(bench, cfg)
     print_report(layouts, "linear layer: weight layouts")
     print_report(picks, "top-k token draw per step")
+    print_report(attention, "attention over the key/value cache, one decode step")
     print(machine_description())
 
 

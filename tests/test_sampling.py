@@ -303,3 +303,14 @@ def test_the_sampling_bench_marks_bf16_emulated_where_the_cpu_lacks_it(monkeypat
     cpu = torch.device("cpu")
     assert sampling_benchmark._emulated("bfloat16", cpu) is not native
     assert sampling_benchmark._emulated("float32", cpu) is False
+
+
+def test_attention_bench_times_both_forms_of_the_same_attention():
+    from clipgen.jobs.sampling_benchmark import _sdpa, _two_products, attention_rows
+
+    q, k, v = torch.randn(3, 2, 1, 8), torch.randn(3, 2, 5, 8), torch.randn(3, 2, 5, 8)
+    assert torch.allclose(_two_products(q, k, v), _sdpa(q, k, v), atol=1e-5)
+    rows = attention_rows([2, 4], heads=2, head_dim=8, length=9, layers=3, repeats=1)
+    assert [(r["rows"], r["form"], r["layers_cycled"]) for r in rows] == [
+        (b, f, c) for b in (2, 4) for f in ("sdpa", "two products") for c in (3, 1)]
+    assert all(r["ms_per_layer"] > 0 and r["cache_gb_s"] > 0 for r in rows)

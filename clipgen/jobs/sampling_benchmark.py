@@ -220,6 +220,46 @@ def layout_rows(shapes: Sequence[Sequence[int]], batches: Sequence[int], copies:
     return rows
 
 
+def _sdpa(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.scaled_dot_product_attention(query, keys, values)
+
+
+def _two_products(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
+                  ) -> torch.Tensor:
+    scores = torch.matmul(query, keys.transpose(-1, -2)) * query.shape[-1] ** -0.5
+    return torch.matmul(scores.softmax(-1), values)
+
+
+def attention_rows(batches: Sequence[int], heads: int, head_dim: int, length: int,
+                   layers: int, stride: int = 4, repeats: int = 3) -> list[dict[str, Any]]:
+    """Milliseconds per layer of one decode step's attention over a key/value cache (a query
+    per row, positions 1..length-1 every `stride`), with `layers` layers' caches cycled as in
+    decoding and with one layer's cache alone (which may stay in the processor's cache), in
+    fp32 as the decoder runs it: SDPA, and the same as two matrix products. `cache_gb_s`: the
+    key and value bytes read at those positions per second."""
+    rows = []
+    positions = range(1, length, stride)
+    for batch in batches:
+        keys = torch.randn(layers, batch, heads, length, head_dim)
+        values = torch.randn_like(keys)
+        query = torch.randn(batch, heads, 1, head_dim)
+        read = sum(2 * batch * heads * pos * head_dim * 4 for pos in positions)
+        for form, attend in (("sdpa", _sdpa), ("two products", _two_products)):
+            for cycled in (layers, 1):
+                def run(attend=attend, cycled=cycled, k=keys, v=values, q=query) -> None:
+                    for pos in positions:
+                        for i in range(cycled):
+                            attend(q, k[i, :, :, :pos], v[i, :, :, :pos])
+
+                seconds = _best_seconds(run, torch.device("cpu"), repeats)
+                per_layer_ms = seconds / (len(positions) * cycled) * 1e3
+                rows.append({"rows": batch, "heads": heads, "head_dim": head_dim,
+                             "form": form, "layers_cycled": cycled,
+                             "ms_per_layer": float(f"{per_layer_ms:.3g}"),
+                             "cache_gb_s": float(f"{read * cycled / seconds / 1e9:.3g}")})
+    return rows
+
+
 def token_pick_rows(vocab: int, batch: int, top_k: int, repeats: int = 200
                     ) -> list[dict[str, Any]]:
     """Milliseconds per step of drawing one token per row with top-k: masking the whole
