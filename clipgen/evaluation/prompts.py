@@ -112,9 +112,9 @@ def shapes_prompts(samples_per_combination: int = 8, extra_attribute_rate: float
     `seen`. `heldout_samples_per_combination` sets the held-out combinations' count apart:
     their first prompts and every seen prompt stay those of the default, and the extra ones
     come from a stream of their own. `heldout_phrasing="analogy"` writes each held-out
-    prompt as composable parts of seen combinations (`analogy_parts`, `analogies` triples and
-    the prompt itself at `plain_weight`; the
-    substitutes from a stream of their own, so the plain prompts stay the same)."""
+    prompt as composable parts of seen combinations (`analogy_parts`: `analogies` triples,
+    and the prompt itself at `plain_weight`); the substitutes come from a stream of their
+    own, so every plain prompt stays the same."""
     if style not in PROMPT_STYLES:
         raise ValueError(f"unknown Shapes prompt style {style!r}; expected one of {PROMPT_STYLES}")
     if heldout_phrasing not in HELDOUT_PHRASINGS:
