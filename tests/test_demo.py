@@ -229,3 +229,44 @@ def test_a_file_that_is_not_an_image_gets_the_clear_message_in_a_browser(server,
     _wait_for_text(browser, "is not an image PIL can read")
     assert "UnidentifiedImageError" not in browser.page_source
     assert "Could not preprocess" not in browser.page_source
+
+
+def test_part_rows_compose_into_a_prompt():
+    from clipgen.generation.prompt_parts import PromptPart, parse_prompt
+    from clipgen.jobs.demo_page import parts_prompt
+
+    prompt = parts_prompt("a blue diamond", 1, " a red star ", 1.0, "", 3, "a red diamond", -1)
+    assert prompt == "a blue diamond AND a red star NOT a red diamond"
+    assert parse_prompt(parts_prompt("a star", 2, None, 1, "a circle", -0.5)) == [
+        PromptPart("a star", 2.0), PromptPart("a circle", -0.5)]
+    for rows, message in [(("", 1, " ", 2), "no parts"), (("a star", 1, "a circle", -1),
+                                                            "sum to zero"),
+                          (("a star", 0), "weight 0")]:
+        with pytest.raises(ValueError, match=message):
+            parts_prompt(*rows)
+
+
+def test_the_parts_field_writes_a_composed_prompt_that_generates(server, browser):
+    from selenium.webdriver.common.by import By
+
+    box = _prompt_box(browser, server)
+    browser.find_element(By.CSS_SELECTOR, "#parts button").click()  # open the accordion
+    for i, (text, weight) in enumerate([("a blue diamond", "1"), ("a red star", "1"),
+                                        ("a red diamond", "-1")]):
+        browser.find_element(By.CSS_SELECTOR, f"#part{i} textarea").send_keys(text)
+        number = browser.find_element(By.CSS_SELECTOR, f"#weight{i} input")
+        _erase(number)
+        number.send_keys(weight)
+    browser.find_element(By.CSS_SELECTOR, "#compose").click()
+    composed = "a blue diamond AND a red star NOT a red diamond"
+    _wait_for_text(browser, f"the prompt {composed!r}")
+    assert box.get_attribute("value") == composed
+    browser.find_element(By.CSS_SELECTOR, "#generate").click()
+    _wait_for_text(browser, f"done: 2 image(s) for '{composed}'")
+    # a bad part is refused on the page with its message, and the prompt is left as it was
+    number = browser.find_element(By.CSS_SELECTOR, "#weight1 input")
+    _erase(number)
+    number.send_keys("0")
+    browser.find_element(By.CSS_SELECTOR, "#compose").click()
+    _wait_for_text(browser, "has weight 0: leave it out")
+    assert box.get_attribute("value") == composed

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from clipgen.data.transforms import to_pil
 from clipgen.generation.generators import METHODS, generate_by_method
+from clipgen.generation.prompt_parts import PromptPart, compose_prompt, parse_prompt
 from clipgen.generation.settings import (
     build_generator,
     check_generation_settings,
@@ -157,6 +158,19 @@ def generation_stream(pipe: TextToImage, cfg: DictConfig, prompt: str, image: st
         stop.set()  # a closed (cancelled) request stops its worker at the next preview
 
 
+def parts_prompt(*texts_and_weights: Any) -> str:
+    """The prompt of the page's part rows, given as text, weight, text, weight, ...: rows
+    with no text are left out, a negative weight is a NOT part (`compose_prompt`)."""
+    rows = list(zip(texts_and_weights[::2], texts_and_weights[1::2]))
+    parts = [PromptPart(str(text).strip(), float(weight if weight is not None else 1.0))
+             for text, weight in rows if text and str(text).strip()]
+    if not parts:
+        raise ValueError("no parts: write the text of at least one part")
+    prompt = compose_prompt(parts)
+    parse_prompt(prompt)  # refuses weights that sum to zero, as for a typed prompt
+    return prompt
+
+
 def input_choice(prompt: str | None, image: str | None) -> str:
     """What the page says it will draw from: the prompt, the image, or neither / both (which a
     request refuses)."""
@@ -194,6 +208,12 @@ def build_demo(cfg: DictConfig, pipe: TextToImage | None = None) -> Any:
             log.exception("demo request failed")
             raise gr.Error(f"generation failed ({type(error).__name__}: {error})") from error
 
+    def compose(*texts_and_weights):
+        try:
+            return parts_prompt(*texts_and_weights)
+        except ValueError as error:
+            raise gr.Error(str(error)) from error
+
     sampling = cfg.sampling
     with gr.Blocks(title="clipgen", analytics_enabled=False) as demo:
         gr.Markdown("# clipgen: text to image without captions")
@@ -206,6 +226,17 @@ def build_demo(cfg: DictConfig, pipe: TextToImage | None = None) -> Any:
                 image = gr.File(label="Or an image, for variations (clipgen only; clear the "
                                 "prompt)", type="filepath", elem_id="image")
                 choice = gr.Markdown(input_choice(FIRST_PROMPT, None), elem_id="input_choice")
+                with gr.Accordion("Compose the prompt from parts (a product of experts)",
+                                  open=False, elem_id="parts"):
+                    part_fields = []
+                    for i in range(limits.parts):
+                        with gr.Row():
+                            part_fields.append(gr.Textbox(label=f"Part {i + 1}",
+                                                          elem_id=f"part{i}", scale=3))
+                            part_fields.append(gr.Number(1.0, label="Weight (< 0: NOT)",
+                                                         elem_id=f"weight{i}", scale=1))
+                    compose_button = gr.Button("Write the parts into the prompt",
+                                               elem_id="compose")
                 method = gr.Radio(list(METHODS), value=cfg.method, label="Generator")
                 with gr.Row():
                     n_candidates = gr.Slider(1, limits.max_candidates, step=1,
@@ -236,6 +267,7 @@ def build_demo(cfg: DictConfig, pipe: TextToImage | None = None) -> Any:
                                      top_k, temperature, seed, precision, steps],
                           [gallery, files, status], api_name="generate")
         cancel.click(None, None, None, cancels=[event])
+        compose_button.click(compose, part_fields, prompt, concurrency_limit=None)
         for source in (prompt, image):
             source.change(input_choice, [prompt, image], choice, queue=False)
     demo.queue(max_size=limits.queue_size, default_concurrency_limit=1)
