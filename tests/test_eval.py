@@ -540,9 +540,15 @@ def test_condition_gap_pairs_each_sample_with_its_own_attributes():
     assert report["image_position"] >= 0.9 and report["image_background"] == 1.0
     assert report["text_color"] == 0.0 and report["text_shape"] == 0.0
     assert report["text_background"] < 1.0
-    held = condition_gap(_EchoGenerator(), num_images=6, batch_size=4, split="heldout",
-                         holdout=[{"color": "blue", "shape": "star"}])
+    assert "by_combination" not in report
+    held = condition_gap(_EchoGenerator(), num_images=12, batch_size=4, split="heldout",
+                         holdout=[{"color": "blue", "shape": "star"},
+                                  {"color": "yellow", "shape": "triangle"}])
     assert held["split"] == "heldout" and held["image_color_and_shape"] >= 0.8
+    combos = held["by_combination"]
+    assert set(combos) == {"blue star", "yellow triangle"}
+    assert sum(c["images"] for c in combos.values()) == 12
+    assert all(c["text_shape"] == 0.0 and c["image_shape"] >= 0.8 for c in combos.values())
 
 
 def test_a_reference_subset_covers_every_class(tmp_path):

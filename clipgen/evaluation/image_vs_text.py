@@ -34,7 +34,8 @@ def condition_gap(t2i: TextToImage, num_images: int = 64, sampling: SamplingConf
     """Attribute accuracy of one sample per Shapes render conditioned on the render's CLIP image
     embedding and on the text embedding of `prompt_for(all its attributes)`, with the same
     sampling seeds for both; plus the mean cosine between the two embeddings. `split="heldout"`
-    renders only the `holdout` colour x shape combinations (those the prior never saw)."""
+    renders only the `holdout` colour x shape combinations (those the prior never saw), and
+    reports each one's shape accuracy apart (`by_combination`)."""
     data = ShapesDataset(num_images, image_size=t2i.vqgan.config.resolution, seed=seed,
                          split=split, holdout=holdout)
     reads: dict[str, list[dict]] = {name: [] for name in CONDITIONS}
@@ -45,7 +46,8 @@ def condition_gap(t2i: TextToImage, num_images: int = 64, sampling: SamplingConf
         columns = batch["attributes"]
         attrs = [dict(zip(columns, values)) for values in zip(*columns.values())]
         texts = [prompt_for(a) for a in attrs]
-        prompts += [EvalPrompt(text, a) for text, a in zip(texts, attrs)]
+        prompts += [EvalPrompt(text, a, f"{a['color']} {a['shape']}")
+                    for text, a in zip(texts, attrs)]
         conds = {"image": t2i.image_conditions(batch["image"]), "text": t2i.text_conditions(texts)}
         cosines.append((conds["image"].clip * conds["text"].clip).sum(-1).cpu())
         for name in CONDITIONS:
@@ -54,7 +56,14 @@ def condition_gap(t2i: TextToImage, num_images: int = 64, sampling: SamplingConf
             reads[name] += [read_attributes(to_pil(r.images[0])) for r in results]
     report: dict[str, Any] = {"images": num_images, "split": split,
                               "text_image_cosine": round(torch.cat(cosines).mean().item(), 4)}
+    by_combination: dict[str, dict[str, Any]] = {}
     for name in CONDITIONS:
-        for key, value in attribute_accuracy(reads[name], prompts)["all"].items():
+        accuracy = attribute_accuracy(reads[name], prompts)
+        for key, value in accuracy.pop("all").items():
             report[f"{name}_{key}"] = value["accuracy"]
+        for combo, values in accuracy.items():
+            by_combination.setdefault(combo, {"images": values["shape"]["n"]})[
+                f"{name}_shape"] = values["shape"]["accuracy"]
+    if split == "heldout":  # few combinations: each one's shape apart
+        report["by_combination"] = dict(sorted(by_combination.items()))
     return report
