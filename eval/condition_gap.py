@@ -2,7 +2,8 @@
 versus the text embeddings of prompts naming all their attributes:
 `python eval/condition_gap.py [bundle=<folder>] [num_images=64] [split=heldout]
 [sampling.top_k=16] [sampling.guidance_scale=2]` (sampling defaults: configs/generator/default.yaml;
-split=heldout renders only the held-out colour x shape combinations).
+split=heldout renders only the held-out colour x shape combinations, and adds each one's
+shape accuracy).
 Prints JSON and a markdown table."""
 
 import hydra
@@ -27,8 +28,10 @@ def rows(cfg: DictConfig) -> list[dict]:
               "images": report["images"],
               "text_image_cosine": report["text_image_cosine"],
               "top_k": settings["top_k"], "guidance_scale": settings["guidance_scale"]}
-    return [{"condition": name, **{a: report[f"{name}_{a}"] for a in ATTRIBUTES}, **common,
-             **machine_description()} for name in CONDITIONS]
+    combos = report.get("by_combination", {})  # split=heldout: each combination's shape
+    return [{"condition": name, **{a: report[f"{name}_{a}"] for a in ATTRIBUTES},
+             **{f"shape, {combo}": c[f"{name}_shape"] for combo, c in combos.items()},
+             **common, **machine_description()} for name in CONDITIONS]
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="condition_gap")
