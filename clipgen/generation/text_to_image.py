@@ -144,7 +144,7 @@ class TextToImage:
         if len({len(parts) for parts in parsed}) > 1:
             raise ValueError("composable prompts sampled together must have the same number of "
                              f"parts; got {[len(parts) for parts in parsed]} for {prompts}: "
-                             "sample them in separate runs")
+                             "condition them in separate calls (generate_for_prompts groups them)")
         texts = [part.text for parts in parsed for part in parts]
         weights = torch.tensor([[part.weight for part in parts] for parts in parsed])
         emb = self.clip.encode_text(texts).view(len(prompts), weights.shape[1], -1)
