@@ -9,7 +9,12 @@ import pytest
 import torch
 
 from clipgen.generation.prompt_parts import PromptPart, compose_prompt, is_composed, parse_prompt
-from clipgen.generation.sampling import SamplingConfig, composed_logits, sample_tokens
+from clipgen.generation.sampling import (
+    SamplingConfig,
+    composed_logits,
+    null_term,
+    sample_tokens,
+)
 from clipgen.generation.text_to_image import TextToImage
 from clipgen.models.prior import CLIPPrior, PriorConfig
 from tests.helpers import write_tiny_bundle
@@ -128,6 +133,10 @@ def test_parts_are_parsed_with_their_weights():
      PromptPart("a green square", -0.125)]])
 def test_composed_text_parses_back_to_its_parts(parts):
     assert parse_prompt(compose_prompt(parts)) == parts
+    # thirds keep enough digits that weights summing to 1 still do (no null rows needed)
+    thirds = [PromptPart(f"part {i}", w) for i, w in enumerate([1 / 3, 1 / 3, -1 / 3] * 3)]
+    weights = torch.tensor([[p.weight for p in parse_prompt(compose_prompt(thirds))]])
+    assert not null_term(weights)
     with pytest.raises(ValueError, match="holds AND"):
         compose_prompt([*parts, PromptPart("a star AND a circle", 1.0)])
 

@@ -64,5 +64,5 @@ def compose_prompt(parts: list[PromptPart]) -> str:
             raise ValueError(f"part {part.text!r} has weight 0: leave it out")
         joiner = "NOT " if part.weight < 0 else ("AND " if i else "")
         size = abs(part.weight)
-        pieces.append(joiner + part.text + ("" if size == 1 else f" :: {size:g}"))
+        pieces.append(joiner + part.text + ("" if size == 1 else f" :: {size:.10g}"))
     return " ".join(pieces)
