@@ -250,7 +250,12 @@ def test_the_parts_field_writes_a_composed_prompt_that_generates(server, browser
     from selenium.webdriver.common.by import By
 
     box = _prompt_box(browser, server)
+    from selenium.webdriver.support import expected_conditions as ready
+    from selenium.webdriver.support.ui import WebDriverWait
+
     browser.find_element(By.CSS_SELECTOR, "#parts button").click()  # open the accordion
+    WebDriverWait(browser, 30).until(  # its rows render after the click
+        ready.element_to_be_clickable((By.CSS_SELECTOR, "#part0 textarea")))
     for i, (text, weight) in enumerate([("a blue diamond", "1"), ("a red star", "1"),
                                         ("a red diamond", "-1")]):
         browser.find_element(By.CSS_SELECTOR, f"#part{i} textarea").send_keys(text)
