@@ -61,9 +61,10 @@ def condition_gap(t2i: TextToImage, num_images: int = 64, sampling: SamplingConf
         accuracy = attribute_accuracy(reads[name], prompts)
         for key, value in accuracy.pop("all").items():
             report[f"{name}_{key}"] = value["accuracy"]
-        for combo, values in accuracy.items():
-            by_combination.setdefault(combo, {"images": values["shape"]["n"]})[
-                f"{name}_shape"] = values["shape"]["accuracy"]
-    if split == "heldout":  # few combinations: each one's shape apart
+        if split == "heldout":  # few combinations: each one's shape apart
+            for combo, values in accuracy.items():
+                by_combination.setdefault(combo, {"images": values["shape"]["n"]})[
+                    f"{name}_shape"] = values["shape"]["accuracy"]
+    if by_combination:
         report["by_combination"] = dict(sorted(by_combination.items()))
     return report

@@ -55,7 +55,8 @@ def part_count(prompt: str) -> int:
 
 def compose_prompt(parts: list[PromptPart]) -> str:
     """The prompt text of `parts`, as `parse_prompt` reads it back: parts joined by AND
-    (positive weight) or NOT (negative), ` :: w` where a weight's size is not 1."""
+    (positive weight) or NOT (negative), ` :: w` where a weight's size is not 1. Parts that
+    `parse_prompt` would refuse (weights summing to zero) are refused here too."""
     pieces = []
     for i, part in enumerate(parts):
         if not part.text.strip() or SEPARATOR.search(f" {part.text} ") or "::" in part.text:
@@ -65,4 +66,6 @@ def compose_prompt(parts: list[PromptPart]) -> str:
         joiner = "NOT " if part.weight < 0 else ("AND " if i else "")
         size = abs(part.weight)
         pieces.append(joiner + part.text + ("" if size == 1 else f" :: {size:.10g}"))
-    return " ".join(pieces)
+    prompt = " ".join(pieces)
+    parse_prompt(prompt)
+    return prompt

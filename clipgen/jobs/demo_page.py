@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from clipgen.data.transforms import to_pil
 from clipgen.generation.generators import METHODS, generate_by_method
-from clipgen.generation.prompt_parts import PromptPart, compose_prompt, parse_prompt
+from clipgen.generation.prompt_parts import PromptPart, compose_prompt
 from clipgen.generation.settings import (
     build_generator,
     check_generation_settings,
@@ -166,9 +166,7 @@ def parts_prompt(*texts_and_weights: Any) -> str:
              for text, weight in rows if text and str(text).strip()]
     if not parts:
         raise ValueError("no parts: write the text of at least one part")
-    prompt = compose_prompt(parts)
-    parse_prompt(prompt)  # refuses weights that sum to zero, as for a typed prompt
-    return prompt
+    return compose_prompt(parts)  # refuses weights that sum to zero, as for a typed prompt
 
 
 def input_choice(prompt: str | None, image: str | None) -> str:
