@@ -3,7 +3,7 @@ recomputation, fp32 and bf16, batch 1 / 4 / 16, in one run:
 
     python eval/bench_sampling.py [models=[gpt_8x512]] [batches=[1,4,16]] [dtypes=[float32]]
         [compile=[false,true]] [windows=[16]] [weights=[dtype,int8,int8_dynamic]]
-        [guidance_scale=3] [device=cuda] [plot=speed.png]
+        [guidance_scale=3] [device=cuda] [repeats=3] [plot=speed.png]
 
 Models have random weights (sizes in configs/bench_sampling.yaml), except `shapes_bundle`, the
 shipped Shapes prior sampled under CLIP text embeddings of `prompts`. `windows` adds speculative
@@ -11,10 +11,12 @@ Jacobi decoding rows (decode steps per image, tokens per step); `weights` adds i
 rows (`sampling.weights`). Reports tokens/s (token sampling only; VQGAN decoding excluded),
 weight bytes read per token, the fraction of the weight-read roofline (the bytes each step
 reads, in its weight format, / copy bandwidth, measured in the same run) and of matmul peak in
-that precision, and the speed-up over full recomputation and the plain static decoder in fp32
-(bf16 on a CPU without native bf16 is marked emulated). Prints JSON and a markdown table;
-with plot=<file> also a PNG of tokens/s against batch size per decoder and precision,
-rooflines dashed."""
+that precision, the key/value cache bytes a plain static decode reads per token and the
+fraction of the memory roofline for weights and cache together, and the speed-up over full
+recomputation and the plain static decoder in fp32 (bf16 on a CPU without native bf16 is
+marked emulated); `repeats=3` takes each time as the best of three runs. Prints JSON and a
+markdown table; with plot=<file> also a PNG of tokens/s against batch size per decoder and
+precision, rooflines dashed."""
 
 from pathlib import Path
 
@@ -50,7 +52,7 @@ def bench(cfg: DictConfig) -> tuple[list[dict], dict]:
               else PriorConfig.from_dict(cfg.sizes[name]) for name in cfg.models}
     rows = sampling_rows(models, list(cfg.batches), list(cfg.decoders), list(cfg.dtypes),
                          list(cfg.compile), device, machine, cfg.guidance_scale, cfg.top_k,
-                         cfg.max_seconds, list(cfg.windows), list(cfg.weights))
+                         cfg.max_seconds, list(cfg.windows), list(cfg.weights), cfg.repeats)
     info = {**machine_description(), "bandwidth_gb_s": round(machine.bandwidth / 1e9, 1),
             **{f"matmul_gflops_{d}": round(f / 1e9, 1) for d, f in machine.matmul.items()}}
     return rows, info

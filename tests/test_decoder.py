@@ -152,3 +152,21 @@ def test_compiled_static_step_samples_the_same_tokens(prior):
     eager = _sample(prior, temperature=1.0, guidance_scale=2.0)
     compiled = _sample(prior, temperature=1.0, guidance_scale=2.0, compile=True)
     assert torch.equal(eager, compiled)
+
+
+def test_cache_read_bytes_counts_the_keys_and_values_every_attention_call_reads(prior,
+                                                                                 monkeypatch):
+    from clipgen.generation import decoder as decoder_module
+
+    read = []
+    sdpa = decoder_module.F.scaled_dot_product_attention
+
+    def counting(q, k, v, *args, **kwargs):
+        read.append(k.numel() * k.element_size() + v.numel() * v.element_size())
+        return sdpa(q, k, v, *args, **kwargs)
+
+    monkeypatch.setattr(decoder_module.F, "scaled_dot_product_attention", counting)
+    _sample(prior, n=3, top_k=10)
+    weights = decoder_weights(prior, torch.float32, torch.device("cpu"))
+    cfg = prior.config
+    assert weights.cache_read_bytes(3, cfg.n_prefix, cfg.n_tokens) == sum(read)

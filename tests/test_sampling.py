@@ -139,15 +139,17 @@ def test_shipped_bundle_draws_the_named_colour_shape_and_position():
     assert sum(right) >= 6, reads
 
 
-def test_top_k_draw_has_the_masked_softmax_distribution():
-    from clipgen.generation.sampling import SamplingConfig, pick_tokens
+@pytest.mark.parametrize("temperature", [1.0, 0.5])
+def test_top_k_draw_has_the_masked_softmax_distribution(temperature):
+    from clipgen.generation.sampling import SamplingConfig, pick_tokens, token_probs
 
     logits = 2 * torch.randn(1, 50, generator=torch.Generator().manual_seed(0))
-    cfg = SamplingConfig(top_k=5, top_p=0.9)
+    cfg = SamplingConfig(top_k=5, top_p=0.9, temperature=temperature)
     gen = torch.Generator().manual_seed(1)
     draws = torch.cat([pick_tokens(logits, cfg, gen) for _ in range(20000)])
     freq = torch.bincount(draws, minlength=50).float() / len(draws)
-    expected = filter_logits(logits, top_k=5, top_p=0.9).softmax(-1)[0]
+    expected = filter_logits(logits / temperature, top_k=5, top_p=0.9).softmax(-1)[0]
+    assert torch.allclose(token_probs(logits, cfg)[0], expected, atol=1e-6)
     assert (freq - expected).abs().max() < 0.015
     assert set(draws.tolist()) == set(torch.nonzero(expected).flatten().tolist())
 
@@ -314,3 +316,30 @@ def test_attention_bench_times_both_forms_of_the_same_attention():
     assert [(r["rows"], r["form"], r["layers_cycled"]) for r in rows] == [
         (b, f, c) for b in (2, 4) for f in ("sdpa", "two products") for c in (3, 1)]
     assert all(r["ms_per_layer"] > 0 and r["cache_gb_s"] > 0 for r in rows)
+
+
+def test_the_sampling_bench_takes_the_best_of_its_repeats_and_counts_cache_bytes(monkeypatch):
+    from clipgen.generation.decoder import decoder_weights
+    from clipgen.jobs import sampling_benchmark as bench
+    from clipgen.models.prior import PriorConfig
+
+    times = iter([3.0, 1.0, 2.0])
+    monkeypatch.setattr(bench, "time_sampling", lambda *args, **kwargs: next(times))
+    cpu = torch.device("cpu")
+    assert bench._best_sampling_time(None, 1, None, cpu, repeats=3) == 1.0
+    monkeypatch.undo()
+
+    config = PriorConfig.from_dict(dict(vocab_size=40, n_tokens=6, cond_dim=8, n_layer=2,
+                                        n_embd=16, n_head=2))
+    machine = bench.Machine(bandwidth=1e6, matmul={"float32": 1e10})  # fractions well above 0
+    rows = bench.sampling_rows({"tiny": config}, [2], ["static"], ["float32"], [False], cpu,
+                               machine, top_k=5, windows=[3], repeats=2)
+    plain, speculative = rows
+    torch.manual_seed(0)
+    prepared = decoder_weights(bench.CLIPPrior(config), torch.float32, cpu)
+    cache = prepared.cache_read_bytes(2, config.n_prefix, 6)
+    assert plain["cache_bytes_per_token"] == round(cache / (2 * 6))
+    weights = plain["weight_bytes_per_token"] * 2 * 6
+    assert plain["memory_roofline_fraction"] / plain["roofline_fraction"] == pytest.approx(
+        (weights + cache) / weights, rel=1e-3)
+    assert speculative["cache_bytes_per_token"] == ""  # windows read another pattern

@@ -119,6 +119,13 @@ class DecoderWeights:
                         if name not in ("xkv_w", "xkv_b"))
         return per_layer + nbytes(self.head) + sum(nbytes(t) for t in self.ln_f)
 
+    def cache_read_bytes(self, rows: int, n_prefix: int, n_tokens: int) -> int:
+        """Bytes of keys and values a plain decode of `rows` rows reads from the cache: the
+        prefill attends over its n_prefix positions, then the step that feeds token i over
+        n_prefix + i + 1 positions, in every layer (self-attention only)."""
+        positions = n_prefix + sum(n_prefix + i + 1 for i in range(n_tokens - 1))
+        return 2 * len(self.layers) * rows * positions * self.n_embd * self.wte.element_size()
+
 
 _PREPARED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 

@@ -128,6 +128,21 @@ def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float |
     return out
 
 
+def _candidates(logits: torch.Tensor, cfg: SamplingConfig
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The fp32 logits a draw is made among, after temperature, top-k and top-p (-inf outside
+    top-p), and with top-k the vocabulary index of each (None: the whole vocabulary). Top-k is
+    taken before the temperature divides (the same k logits for any temperature > 0), so the
+    division touches k values instead of the vocabulary."""
+    def tempered(x: torch.Tensor) -> torch.Tensor:
+        return x if cfg.temperature == 1.0 else x / cfg.temperature
+
+    if cfg.top_k is not None and cfg.top_k < logits.shape[-1]:
+        values, index = torch.topk(logits.float(), cfg.top_k, dim=-1)
+        return filter_logits(tempered(values), top_p=cfg.top_p), index
+    return filter_logits(tempered(logits.float()), top_p=cfg.top_p), None
+
+
 def pick_tokens(logits: torch.Tensor, cfg: SamplingConfig,
                 generator: torch.Generator | None) -> torch.Tensor:
     """One token per row from (B, V) logits. With top-k, the draw is made among the k best
@@ -135,14 +150,9 @@ def pick_tokens(logits: torch.Tensor, cfg: SamplingConfig,
     the whole vocabulary)."""
     if cfg.temperature == 0:
         return logits.argmax(dim=-1)
-    logits = logits.float() / cfg.temperature
-    if cfg.top_k is not None and cfg.top_k < logits.shape[-1]:
-        values, index = torch.topk(logits, cfg.top_k, dim=-1)
-        probs = filter_logits(values, top_p=cfg.top_p).softmax(-1)
-        choice = torch.multinomial(probs, 1, generator=generator)
-        return index.gather(-1, choice).squeeze(-1)
-    probs = filter_logits(logits, top_p=cfg.top_p).softmax(-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    values, index = _candidates(logits, cfg)
+    choice = torch.multinomial(values.softmax(-1), 1, generator=generator)
+    return choice.squeeze(-1) if index is None else index.gather(-1, choice).squeeze(-1)
 
 
 def token_probs(logits: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
@@ -150,12 +160,12 @@ def token_probs(logits: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
     top-p applied; one-hot on the argmax at temperature 0."""
     if cfg.temperature == 0:
         return torch.nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).float()
-    logits = logits.float() / cfg.temperature
-    if cfg.top_k is not None and cfg.top_k < logits.shape[-1]:
-        values, index = torch.topk(logits, cfg.top_k, dim=-1)
-        probs = filter_logits(values, top_p=cfg.top_p).softmax(-1)
-        return torch.zeros_like(logits).scatter(-1, index, probs)
-    return filter_logits(logits, top_p=cfg.top_p).softmax(-1)
+    values, index = _candidates(logits, cfg)
+    probs = values.softmax(-1)
+    if index is None:
+        return probs
+    return torch.zeros(logits.shape, dtype=probs.dtype, device=probs.device).scatter(
+        -1, index, probs)
 
 
 def composed_logits(logits: torch.Tensor, weights: torch.Tensor, with_null: bool = True
@@ -314,7 +324,8 @@ def sample_tokens(prior: CLIPPrior, cond: torch.Tensor, cfg: SamplingConfig | No
             if i == n - 1:
                 break
             # null rows are needed while a later position is guided
-            logits = stepper.next(tok.repeat(p + 1 if i + 1 <= last_guided else p), k + i)
+            copies = p + 1 if i + 1 <= last_guided else p
+            logits = stepper.next(tok if copies == 1 else tok.repeat(copies), k + i)
     return out
 
 

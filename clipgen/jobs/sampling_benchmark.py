@@ -84,6 +84,14 @@ def time_sampling(prior: CLIPPrior, batch: int, sampling: SamplingConfig,
     return time.perf_counter() - start
 
 
+def _best_sampling_time(prior: CLIPPrior, batch: int, sampling: SamplingConfig,
+                        device: torch.device, conditions: torch.Tensor | None = None,
+                        stats: dict[str, Any] | None = None, repeats: int = 1) -> float:
+    """The best of `repeats` runs of `time_sampling` (shared machines are noisy)."""
+    return min(time_sampling(prior, batch, sampling, device, conditions, stats)
+               for _ in range(max(repeats, 1)))
+
+
 def _fraction(value: float) -> float:
     """A fraction for the table: 3 decimals, or 2 significant digits below 0.001 (tiny models
     on a busy machine), so that a measured value never prints as 0."""
@@ -122,14 +130,16 @@ def sampling_rows(models: Mapping[str, PriorConfig | BenchPrior], batches: Seque
                   decoders: Sequence[str], dtypes: Sequence[str], compile_modes: Sequence[bool],
                   device: torch.device, machine: Machine, guidance_scale: float = 1.0,
                   top_k: int | None = 100, max_seconds: float = 300.0,
-                  windows: Sequence[int] = (), weight_formats: Sequence[str] = ("dtype",)
-                  ) -> list[dict[str, Any]]:
+                  windows: Sequence[int] = (), weight_formats: Sequence[str] = ("dtype",),
+                  repeats: int = 1) -> list[dict[str, Any]]:
     """One row per model, batch, decoder, precision and compile mode, and per speculative
     window (`windows`) and weight format (`weight_formats`, `sampling.weights`) on the static
     decoder: seconds, tokens/s, decode steps per image, weight bytes read per token, the
     fraction of the weight-read roofline for the bytes the steps read (each step reads the
     weights once, in their format) and of matmul peak, the speed-up over full recomputation
-    and over the plain static decoder in fp32. Runs estimated to
+    and over the plain static decoder in fp32. Plain static rows also give the key/value cache
+    bytes the decode reads per token and the fraction of the memory roofline for weights and
+    cache together. Each time is the best of `repeats` runs. Runs estimated to
     take longer than `max_seconds` (from the static fp32 time, the FLOP ratio and the matmul
     speed of the precision) are skipped and say so."""
     rows: list[dict[str, Any]] = []
@@ -140,8 +150,9 @@ def sampling_rows(models: Mapping[str, PriorConfig | BenchPrior], batches: Seque
         prior, cfg = model.prior, model.prior.config
         rows_per_batch = 2 if guidance_scale != 1.0 else 1
         for batch in batches:
-            timed = partial(time_sampling, prior, batch, device=device,
-                            conditions=model.conditions)
+            timed = partial(_best_sampling_time, prior, batch, device=device,
+                            conditions=model.conditions, repeats=repeats)
+
             base = SamplingConfig(top_k=top_k, guidance_scale=guidance_scale, dtype="float32")
             timed(base)  # warm-up: weights prepared, caches
             reference_s = timed(base)
@@ -168,14 +179,18 @@ def sampling_rows(models: Mapping[str, PriorConfig | BenchPrior], batches: Seque
                         window=window or 16, weights=fmt)
                     first = None
                     if compiled:  # the first call compiles: report it apart
-                        first = timed(settings)
+                        first = timed(settings, repeats=1)
                     stats: dict[str, Any] = {}
                     seconds = timed(settings, stats=stats)
                     measured.append((row, seconds))
                     steps = stats.get("decode_steps", cfg.n_tokens - 1) + 1  # with the prefill
-                    step_bytes = decoder_weights(prior, DTYPES[dtype], device,
-                                                 weights=fmt).step_bytes()
+                    prepared = decoder_weights(prior, DTYPES[dtype], device, weights=fmt)
+                    step_bytes = prepared.step_bytes()
                     roofline_s = steps * step_bytes / machine.bandwidth
+                    plain_static = decoder == "static" and not window
+                    cache_bytes = (prepared.cache_read_bytes(rows_per_batch * batch,
+                                                             cfg.n_prefix, cfg.n_tokens)
+                                   if plain_static else 0)
                     flops = rows_per_batch * prior.sampling_flops(batch, decoder != "recompute")
                     row.update({
                         "seconds": round(seconds, 3),
@@ -186,6 +201,11 @@ def sampling_rows(models: Mapping[str, PriorConfig | BenchPrior], batches: Seque
                         "weight_bytes_per_token": round(steps * step_bytes
                                                         / (batch * cfg.n_tokens)),
                         "roofline_fraction": _fraction(roofline_s / seconds),
+                        "cache_bytes_per_token": (round(cache_bytes / (batch * cfg.n_tokens))
+                                                  if plain_static else ""),
+                        "memory_roofline_fraction": (
+                            _fraction((steps * step_bytes + cache_bytes) / machine.bandwidth
+                                      / seconds) if plain_static else ""),
                         "matmul_fraction": _fraction(flops / seconds / machine.matmul[dtype]),
                     })
                     rows.append(row)
