@@ -1,12 +1,14 @@
 """The static decoder's kernels on this CPU, in one run:
 
     python eval/bench_kernels.py [batches=[1,4,16]] [copies=40]
+        ['attention.dtypes=[float32,bfloat16,float16]']
 
 (1) one linear layer in the two weight layouts the decoder chooses between (x @ W(in, out) and
 W(out, in) @ x.T), with weights cycled out of cache as in decoding: ms and weight GB/s;
 (2) drawing a token with top-k over the whole vocabulary against among the k best;
 (3) one decode step's attention over the key/value cache, the layers' caches cycled as in
-decoding and one layer's alone: ms per layer and cache GB/s.
+decoding and one layer's alone, with the cache in each of `attention.dtypes`: ms per layer and
+cache GB/s.
 Prints JSON and markdown tables."""
 
 import hydra
@@ -20,7 +22,8 @@ from clipgen.jobs.sampling_benchmark import attention_rows, layout_rows, token_p
 def bench(cfg: DictConfig) -> tuple[list[dict], list[dict], list[dict]]:
     layouts = layout_rows([list(s) for s in cfg.shapes], list(cfg.batches), cfg.copies)
     a = cfg.attention
-    attention = attention_rows(list(a.batches), a.heads, a.head_dim, a.length, a.layers)
+    attention = attention_rows(list(a.batches), a.heads, a.head_dim, a.length, a.layers,
+                               dtypes=list(a.dtypes))
     return layouts, token_pick_rows(cfg.vocab, cfg.pick_rows, cfg.top_k), attention
 
 

@@ -312,9 +312,18 @@ def test_attention_bench_times_both_forms_of_the_same_attention():
 
     q, k, v = torch.randn(3, 2, 1, 8), torch.randn(3, 2, 5, 8), torch.randn(3, 2, 5, 8)
     assert torch.allclose(_two_products(q, k, v), _sdpa(q, k, v), atol=1e-5)
-    rows = attention_rows([2, 4], heads=2, head_dim=8, length=9, layers=3, repeats=1)
-    assert [(r["rows"], r["form"], r["layers_cycled"]) for r in rows] == [
-        (b, f, c) for b in (2, 4) for f in ("sdpa", "two products") for c in (3, 1)]
+    half = q.bfloat16(), k.bfloat16(), v.bfloat16()
+    assert _two_products(*half).dtype == torch.bfloat16
+    assert torch.allclose(_two_products(*half).float(), _sdpa(q, k, v), atol=0.05)
+    rows = attention_rows([2, 4], heads=2, head_dim=8, length=9, layers=3, repeats=1,
+                          dtypes=["float32", "bfloat16"])
+    assert [(r["dtype"], r["rows"], r["form"], r["layers_cycled"]) for r in rows] == [
+        (d, b, f, c) for d in ("float32", "bfloat16") for b in (2, 4)
+        for f in ("sdpa", "two products") for c in (3, 1)]
+    cache_mb = {r["dtype"]: r["layer_cache_mb"] for r in rows if r["rows"] == 4}
+    full = 2 * 4 * 2 * 9 * 8  # keys and values, rows, heads, length, head_dim
+    assert cache_mb["float32"] == pytest.approx(full * 4 / 1e6, rel=1e-2)
+    assert cache_mb["bfloat16"] == pytest.approx(full * 2 / 1e6, rel=1e-2)
     assert all(r["ms_per_layer"] > 0 and r["cache_gb_s"] > 0 for r in rows)
 
 

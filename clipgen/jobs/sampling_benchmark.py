@@ -246,37 +246,44 @@ def _sdpa(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torc
 
 def _two_products(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
                   ) -> torch.Tensor:
+    """Attention as two matrix products in the cache's dtype, the softmax in fp32."""
     scores = torch.matmul(query, keys.transpose(-1, -2)) * query.shape[-1] ** -0.5
-    return torch.matmul(scores.softmax(-1), values)
+    return torch.matmul(scores.float().softmax(-1).to(values.dtype), values)
 
 
 def attention_rows(batches: Sequence[int], heads: int, head_dim: int, length: int,
-                   layers: int, stride: int = 4, repeats: int = 3) -> list[dict[str, Any]]:
+                   layers: int, stride: int = 4, repeats: int = 3,
+                   dtypes: Sequence[str] = ("float32",)) -> list[dict[str, Any]]:
     """Milliseconds per layer of one decode step's attention over a key/value cache (a query
     per row, positions 1..length-1 every `stride`), with `layers` layers' caches cycled as in
-    decoding and with one layer's cache alone (which may stay in the processor's cache), in
-    fp32 as the decoder runs it: SDPA, and the same as two matrix products. `cache_gb_s`: the
-    key and value bytes read at those positions per second."""
+    decoding and with one layer's cache alone (which may stay in the processor's cache), with
+    the cache (and query) in each of `dtypes` (the decoder keeps it in the sampling dtype):
+    SDPA, and the same as two matrix products. `cache_gb_s`: the key and value bytes read at
+    those positions per second; `layer_cache_mb`: one layer's keys and values at full length."""
     rows = []
     positions = range(1, length, stride)
-    for batch in batches:
-        keys = torch.randn(layers, batch, heads, length, head_dim)
-        values = torch.randn_like(keys)
-        query = torch.randn(batch, heads, 1, head_dim)
-        read = sum(2 * batch * heads * pos * head_dim * 4 for pos in positions)
-        for form, attend in (("sdpa", _sdpa), ("two products", _two_products)):
-            for cycled in (layers, 1):
-                def run(attend=attend, cycled=cycled, k=keys, v=values, q=query) -> None:
-                    for pos in positions:
-                        for i in range(cycled):
-                            attend(q, k[i, :, :, :pos], v[i, :, :, :pos])
+    for dtype_name in dtypes:
+        dtype = DTYPES[dtype_name]
+        for batch in batches:
+            keys = torch.randn(layers, batch, heads, length, head_dim).to(dtype)
+            values = torch.randn_like(keys)
+            query = torch.randn(batch, heads, 1, head_dim).to(dtype)
+            read = sum(2 * batch * heads * pos * head_dim * keys.element_size()
+                       for pos in positions)
+            for form, attend in (("sdpa", _sdpa), ("two products", _two_products)):
+                for cycled in (layers, 1):
+                    def run(attend=attend, cycled=cycled, k=keys, v=values, q=query) -> None:
+                        for pos in positions:
+                            for i in range(cycled):
+                                attend(q, k[i, :, :, :pos], v[i, :, :, :pos])
 
-                seconds = _best_seconds(run, torch.device("cpu"), repeats)
-                per_layer_ms = seconds / (len(positions) * cycled) * 1e3
-                rows.append({"rows": batch, "heads": heads, "head_dim": head_dim,
-                             "form": form, "layers_cycled": cycled,
-                             "ms_per_layer": float(f"{per_layer_ms:.3g}"),
-                             "cache_gb_s": float(f"{read * cycled / seconds / 1e9:.3g}")})
+                    seconds = _best_seconds(run, torch.device("cpu"), repeats)
+                    per_layer_ms = seconds / (len(positions) * cycled) * 1e3
+                    rows.append({"rows": batch, "heads": heads, "head_dim": head_dim,
+                                 "dtype": dtype_name, "form": form, "layers_cycled": cycled,
+                                 "layer_cache_mb": float(f"{keys[0].nbytes * 2 / 1e6:.3g}"),
+                                 "ms_per_layer": float(f"{per_layer_ms:.3g}"),
+                                 "cache_gb_s": float(f"{read * cycled / seconds / 1e9:.3g}")})
     return rows
 
 
