@@ -140,9 +140,15 @@ def test_missing_lpips_weights_fail_at_start(tmp_path):
     assert "perceptual_weight=0" in message
 
 
-def test_training_steps_lower_the_loss_and_checkpoint_has_config(tmp_path):
+FSQ_TINY = {**TINY, "embed_dim": 3, "quantizer": "fsq",
+            "quantizer_kwargs": {"levels": [2, 3, 4]}}  # 2 x 3 x 4 = TINY's 24 codes
+
+
+@pytest.mark.parametrize("quantizer", ["l2", "fsq"])
+def test_training_steps_lower_the_loss_and_checkpoint_has_config(tmp_path, quantizer):
     torch.manual_seed(0)
-    cfg = VQGANConfig(**TINY, quantizer="l2", quantizer_kwargs={"restart_every": 5})
+    cfg = (VQGANConfig(**TINY, quantizer="l2", quantizer_kwargs={"restart_every": 5})
+           if quantizer == "l2" else VQGANConfig(**FSQ_TINY))
     loss = VQGANLossConfig(perceptual_weight=0.0, disc_start=10, disc_layers=1, disc_channels=8)
     module = VQGANModule(cfg, loss, lr=2e-3, image_log_every=0,
                          run_config={"stage": "vqgan", "run_dir": str(tmp_path),
@@ -171,7 +177,9 @@ def test_training_steps_lower_the_loss_and_checkpoint_has_config(tmp_path):
     assert ckpt["clipgen"]["stage"] == "vqgan"
     assert ckpt["clipgen"]["versions"]["torch"] == importlib.metadata.version("torch")
     rebuilt = load_vqgan(tmp_path / "m.ckpt")
-    assert torch.equal(rebuilt.quantize.embedding.weight, module.model.quantize.embedding.weight)
+    trained = module.model.state_dict()
+    assert all(torch.equal(v, trained[k]) for k, v in rebuilt.state_dict().items())
+    assert rebuilt.quantize.codebook().shape == (24, cfg.embed_dim)
     exported = export_checkpoint(tmp_path / "m.ckpt", tmp_path / "bundle")
     fresh = VQGAN(cfg).eval()
     assert load_vqgan_weights(fresh, exported) == []
@@ -254,13 +262,47 @@ def test_shipped_shapes_tokenizer_reconstructs():
         assert psnr(x, model.decode_tokens(model.encode_to_tokens(x))).mean() > 30
 
 
-@pytest.mark.parametrize("quantizer", ["l2", "taming"])
+@pytest.mark.parametrize("quantizer", ["l2", "taming", "fsq"])
 def test_quantization_runs_in_fp32_under_bf16_autocast(quantizer):
     torch.manual_seed(0)
-    model = VQGAN(VQGANConfig(**TINY, quantizer=quantizer)).train()
+    model = VQGAN(VQGANConfig(**FSQ_TINY) if quantizer == "fsq"
+                  else VQGANConfig(**TINY, quantizer=quantizer)).train()
     x = torch.rand(2, 3, 16, 16) * 2 - 1
     with torch.autocast("cpu", dtype=torch.bfloat16):  # as in bf16-mixed training
         q = model.encode(x)
     assert q.z_q.dtype == torch.float32 and torch.isfinite(q.loss)
     if quantizer == "l2":
         assert model.quantize.recent.dtype == torch.float32
+
+
+def test_fsq_codes_are_every_combination_of_levels_and_round_trip_through_indices():
+    from clipgen.models.quantizers import FSQuantizer
+
+    q = FSQuantizer(2 * 3 * 4, 3, levels=[2, 3, 4])
+    z = (3 * torch.randn(64, 3, 8, 8)).requires_grad_()
+    out = q(z)
+    assert out.indices.shape == (64, 8, 8) and float(out.loss) == 0.0
+    assert set(out.indices.unique().tolist()) == set(range(24))  # every code reached
+    assert torch.equal(q.lookup(out.indices), out.z_q.detach())
+    book = q.codebook()
+    assert book.shape == (24, 3) and len(book.unique(dim=0)) == 24
+    # channel i takes L_i evenly spaced values in [-1, 1]: even counts stop one step short of 1
+    assert [sorted(book[:, i].unique().tolist()) for i in range(3)] == [
+        [-1.0, 0.0], [-1.0, 0.0, 1.0], [-1.0, -0.5, 0.0, 0.5]]
+    # channel 0 is the least significant digit
+    assert book[1].tolist() == [0.0, -1.0, -1.0] and book[2].tolist() == [-1.0, 0.0, -1.0]
+    out.z_q.sum().backward()  # straight-through rounding: gradients reach the latent
+    assert z.grad.abs().sum() > 0
+    assert torch.allclose(q.project(z.detach()), q._bound(z.detach()) / torch.tensor(
+        [1.0, 1.0, 2.0]).view(1, 3, 1, 1))
+
+
+@pytest.mark.parametrize("settings,message", [
+    (dict(n_embed=24, embed_dim=4, levels=[2, 3, 4]), "embed_dim=3"),
+    (dict(n_embed=16, embed_dim=3, levels=[2, 3, 4]), "n_embed=24"),
+    (dict(n_embed=6, embed_dim=2, levels=[1, 6]), "at least 2")])
+def test_fsq_settings_that_do_not_fit_are_named(settings, message):
+    from clipgen.models.quantizers import FSQuantizer
+
+    with pytest.raises(ValueError, match=message):
+        FSQuantizer(**settings)

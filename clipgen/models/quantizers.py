@@ -4,6 +4,13 @@
 - `L2Quantizer`: l2-normalised, low-dimensional codes (as in LlamaGen / ViT-VQGAN), initialised
   from data and with dead codes restarted from recent encoder outputs, for training from
   scratch without codebook collapse.
+- `FSQuantizer`: finite scalar quantisation (Mentzer et al. 2023, "Finite Scalar Quantization:
+  VQ-VAE Made Simple"): each latent channel bounded and rounded to a few levels on its own; the
+  code is the tuple of levels, so every combination of channel values is a code (the codebook
+  is their product, never learnt, nothing to collapse or restart).
+
+Each also has `project(z)`: a continuous latent as the decoder expects codes, without rounding
+(for generators that optimise latents).
 """
 
 from __future__ import annotations
@@ -42,6 +49,10 @@ class TamingQuantizer(VectorQuantizer2):
         """(B, h, w) code indices to (B, C, h, w) latents."""
         b, h, w = indices.shape
         return self.get_codebook_entry(indices.reshape(-1), (b, h, w, self.e_dim))
+
+    def project(self, z: torch.Tensor) -> torch.Tensor:
+        """Unbounded codes: a latent is decoded as it is."""
+        return z
 
 
 class L2Quantizer(nn.Module):
@@ -96,6 +107,10 @@ class L2Quantizer(nn.Module):
         """(B, h, w) code indices to (B, C, h, w) latents."""
         return self.codebook()[indices].permute(0, 3, 1, 2).contiguous()
 
+    def project(self, z: torch.Tensor) -> torch.Tensor:
+        """Codes are unit vectors: a latent is normalised over its channels."""
+        return F.normalize(z, dim=1)
+
     @torch.no_grad()
     def _init_from(self, flat: torch.Tensor) -> None:
         picks = torch.randint(0, flat.shape[0], (self.n_e,), device=flat.device)
@@ -141,11 +156,79 @@ class L2Quantizer(nn.Module):
             dist.broadcast(self.embedding.weight.data, src=0)
 
 
+class FSQuantizer(nn.Module):
+    """Finite scalar quantisation over `levels` (one count per latent channel, each >= 2).
+
+    Channel i is bounded to (-(L_i - 1) / 2, (L_i - 1) / 2) by a shifted tanh (shifted by half a
+    step for even L_i so that the L_i integers it can round to are centred), rounded with a
+    straight-through gradient, and scaled to [-1, 1]. A code's index is its levels read as a
+    mixed-radix number, channel 0 the least significant digit; `n_embed` = prod(levels)."""
+
+    def __init__(self, n_embed: int, embed_dim: int, beta: float = 0.25,
+                 levels: list[int] | tuple[int, ...] = (8, 8, 8), eps: float = 1e-3) -> None:
+        super().__init__()
+        levels = [int(n) for n in levels]
+        if any(n < 2 for n in levels):
+            raise ValueError(f"fsq levels must each be at least 2, got {levels}")
+        if len(levels) != embed_dim:
+            raise ValueError(f"fsq has one level count per latent channel: {len(levels)} levels "
+                             f"{levels} for embed_dim={embed_dim}; set embed_dim={len(levels)}")
+        size = int(torch.tensor(levels).prod())
+        if size != n_embed:
+            raise ValueError(f"fsq levels {levels} make {size} codes, not n_embed={n_embed}; "
+                             f"set n_embed={size}")
+        self.n_e, self.e_dim, self.levels, self.eps = n_embed, embed_dim, levels, eps
+        counts = torch.tensor(levels, dtype=torch.long)
+        # not saved: they follow from `levels`, which the config holds
+        self.register_buffer("counts", counts, persistent=False)
+        self.register_buffer("place", torch.cumprod(torch.cat([counts.new_ones(1), counts[:-1]]),
+                                                    0), persistent=False)
+
+    def _view(self, t: torch.Tensor) -> torch.Tensor:
+        """A per-channel constant shaped to broadcast over (B, C, h, w)."""
+        return t.view(1, -1, 1, 1)
+
+    def project(self, z: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) latents bounded and scaled to [-1, 1] as codes are, not rounded."""
+        return self._bound(z) / self._view(self.counts // 2).to(z.dtype)
+
+    def _bound(self, z: torch.Tensor) -> torch.Tensor:
+        counts = self._view(self.counts).to(z.dtype)
+        half = (counts - 1) * (1 + self.eps) / 2  # a hair wider: the end levels are reached
+        offset = (1 - counts % 2) * 0.5  # even counts: levels at half-integers, then shifted
+        shift = torch.atanh(offset / half)
+        return torch.tanh(z + shift) * half - offset
+
+    def forward(self, z: torch.Tensor) -> QuantOutput:
+        if z.shape[1] != self.e_dim:
+            raise ValueError(f"latent has {z.shape[1]} channels but fsq has {self.e_dim} levels")
+        bounded = self._bound(z)
+        rounded = bounded + (torch.round(bounded) - bounded).detach()
+        half_width = self._view(self.counts // 2)
+        digits = torch.round(bounded).long() + half_width  # 0 .. L_i - 1 per channel
+        indices = (digits * self._view(self.place)).sum(1)
+        return QuantOutput(rounded / half_width.to(z.dtype), z.new_zeros(()), indices)
+
+    def lookup(self, indices: torch.Tensor) -> torch.Tensor:
+        """(B, h, w) code indices to (B, C, h, w) latents in [-1, 1]."""
+        digits = (indices[:, None] // self._view(self.place)) % self._view(self.counts)
+        half_width = self._view(self.counts // 2)
+        return ((digits - half_width).float() / half_width.float()).contiguous()
+
+    def codebook(self) -> torch.Tensor:
+        """(n_embed, embed_dim) every code's latent."""
+        every = torch.arange(self.n_e, device=self.counts.device).view(1, -1, 1)
+        return self.lookup(every)[0, :, :, 0].t().contiguous()
+
+
 def build_quantizer(kind: str, n_embed: int, embed_dim: int, beta: float = 0.25,
                     **kwargs) -> nn.Module:
-    """`kind` is "taming" (VectorQuantizer2) or "l2" (normalised codes with restarts)."""
+    """`kind` is "taming" (VectorQuantizer2), "l2" (normalised codes with restarts) or "fsq"
+    (finite scalar quantisation; `levels` in kwargs)."""
     if kind == "taming":
         return TamingQuantizer(n_embed, embed_dim, beta, **kwargs)
     if kind == "l2":
         return L2Quantizer(n_embed, embed_dim, beta, **kwargs)
-    raise ValueError(f"unknown quantizer {kind!r}; expected 'taming' or 'l2'")
+    if kind == "fsq":
+        return FSQuantizer(n_embed, embed_dim, beta, **kwargs)
+    raise ValueError(f"unknown quantizer {kind!r}; expected 'taming', 'l2' or 'fsq'")

@@ -10,7 +10,6 @@ import torch.nn.functional as F
 
 from clipgen.generation.decoder import resolve_dtype
 from clipgen.models.clip import FrozenCLIP
-from clipgen.models.quantizers import L2Quantizer
 from clipgen.models.vqgan import VQGAN
 
 
@@ -47,11 +46,9 @@ def image_latents(vqgan: VQGAN, images: torch.Tensor) -> torch.Tensor:
 
 def decode_latents(vqgan: VQGAN, z: torch.Tensor, quantize: bool) -> torch.Tensor:
     """Images in [-1, 1] from latents: quantised on the forward pass (straight-through
-    gradients) or decoded as they are (l2 codes are unit vectors, so those are normalised)."""
-    if quantize:
-        z = vqgan.quantize(z).z_q
-    elif isinstance(vqgan.quantize, L2Quantizer):
-        z = F.normalize(z, dim=1)
+    gradients) or projected where codes lie without rounding (`project`: l2 codes are unit
+    vectors, fsq codes bounded)."""
+    z = vqgan.quantize(z).z_q if quantize else vqgan.quantize.project(z)
     return vqgan.decode(z).float().clamp(-1, 1)
 
 
