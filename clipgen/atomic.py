@@ -14,15 +14,33 @@ log = logging.getLogger(__name__)
 TEMP_NAME = re.compile(r"\..+\.\d+\.tmp")
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux shows it (changing it for a
+    moment would race with files other threads create)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass  # no /proc (not Linux): read it by setting it
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_atomic(path: str | os.PathLike, write: Callable[[Path], Any]) -> None:
     """Call `write(tmp)` on a temporary file in the same folder, then rename it over `path`.
     If `write` fails, the partial file is removed and the error propagates; `path` keeps its
-    previous content."""
+    previous content. The file gets the permissions a plain `open` would give it (0666 less
+    the umask), whatever the writer chose: safetensors writes 0600 files, which the rest of a
+    group sharing a bundle could not read."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         if tmp.exists():

@@ -580,6 +580,24 @@ def test_stale_temporary_files_are_removed_by_age(tmp_path):
     assert fresh.exists() and other.exists()
 
 
+def test_atomic_writes_get_the_permissions_a_plain_open_gives(tmp_path):
+    import os
+
+    import safetensors.torch
+
+    from clipgen.atomic import write_atomic
+
+    old = os.umask(0o027)
+    try:
+        write_atomic(tmp_path / "w.safetensors",  # safetensors itself writes 0600 files
+                     lambda tmp: safetensors.torch.save_file({"a": torch.zeros(2)}, tmp))
+        (tmp_path / "plain").write_bytes(b"")
+    finally:
+        os.umask(old)
+    mode = (tmp_path / "w.safetensors").stat().st_mode & 0o777
+    assert mode == (tmp_path / "plain").stat().st_mode & 0o777 == 0o640
+
+
 @pytest.mark.parametrize("override, message", [
     ("suite.limit=0", "suite.limit must be a whole number >= 1"),
     ("suite.prompts.samples_per_combination=0", "give no prompt"),
