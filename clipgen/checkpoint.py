@@ -16,6 +16,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from clipgen.atomic import write_atomic
+
 log = logging.getLogger(__name__)
 
 TRACKED_PACKAGES = ("clipgen", "torch", "torchvision", "pytorch-lightning", "open_clip_torch",
@@ -168,8 +170,10 @@ def fingerprint(module: nn.Module) -> str:
 
 def save_safetensors(state: Mapping[str, torch.Tensor], path: str | Path,
                      metadata: Mapping[str, str] | None = None) -> None:
-    """Save a state dict as safetensors. Tensors that share memory (tied weights) are stored
-    once; the other names are recorded in the metadata and restored by `load_safetensors`."""
+    """Save a state dict as safetensors, atomically (`write_atomic`: a kill mid-write never
+    leaves a half-written file under `path`, and the file gets the usual permissions). Tensors
+    that share memory (tied weights) are stored once; the other names are recorded in the
+    metadata and restored by `load_safetensors`."""
     kept: dict[str, torch.Tensor] = {}
     aliases: dict[str, str] = {}
     seen: dict[tuple[int, int, tuple[int, ...]], str] = {}
@@ -181,7 +185,7 @@ def save_safetensors(state: Mapping[str, torch.Tensor], path: str | Path,
         seen[key] = name
         kept[name] = tensor.detach().contiguous()
     meta = {**(metadata or {}), "aliases": json.dumps(aliases)}
-    save_file(kept, str(path), metadata=meta)
+    write_atomic(path, lambda tmp: save_file(kept, str(tmp), metadata=meta))
 
 
 def load_safetensors(path: str | Path) -> dict[str, torch.Tensor]:

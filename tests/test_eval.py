@@ -580,22 +580,22 @@ def test_stale_temporary_files_are_removed_by_age(tmp_path):
     assert fresh.exists() and other.exists()
 
 
-def test_atomic_writes_get_the_permissions_a_plain_open_gives(tmp_path):
+def test_exported_weights_are_written_atomically_with_the_usual_permissions(tmp_path):
     import os
 
-    import safetensors.torch
-
-    from clipgen.atomic import write_atomic
+    from clipgen.checkpoint import load_safetensors, save_safetensors
 
     old = os.umask(0o027)
     try:
-        write_atomic(tmp_path / "w.safetensors",  # safetensors itself writes 0600 files
-                     lambda tmp: safetensors.torch.save_file({"a": torch.zeros(2)}, tmp))
+        # safetensors itself writes 0600 files, unreadable to a group sharing a bundle
+        save_safetensors({"a": torch.arange(3.0)}, tmp_path / "w.safetensors")
         (tmp_path / "plain").write_bytes(b"")
     finally:
         os.umask(old)
     mode = (tmp_path / "w.safetensors").stat().st_mode & 0o777
     assert mode == (tmp_path / "plain").stat().st_mode & 0o777 == 0o640
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plain", "w.safetensors"]
+    assert torch.equal(load_safetensors(tmp_path / "w.safetensors")["a"], torch.arange(3.0))
 
 
 @pytest.mark.parametrize("override, message", [
