@@ -124,6 +124,14 @@ class PriorModule(ClipgenModule):
             if self.identity[key] != value:
                 raise ValueError(f"prior {key}={value} but the encoders give "
                                  f"{self.identity[key]}")
+        if prior.token_factors is not None:
+            levels = (vqgan.config.quantizer_kwargs.get("levels")
+                      if vqgan.config.quantizer == "fsq" else None)
+            if levels is None or [int(n) for n in levels] != prior.token_factors:
+                raise ValueError(f"model.prior.token_factors={prior.token_factors} factorises "
+                                 "codes by an fsq tokenizer's levels, but this tokenizer is "
+                                 f"quantizer={vqgan.config.quantizer!r} with levels {levels}: "
+                                 "set token_factors to its levels, or null")
         if prior.reads_captions and train.cond_noise > 0:
             raise ValueError("cond_noise perturbs CLIP embeddings, and a caption-conditioned "
                              "prior (condition=text) reads none: set model.train.cond_noise=0")

@@ -14,6 +14,7 @@ The vocabulary is the VQGAN codebook.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -36,6 +37,7 @@ from clipgen.checkpoint import (
 from clipgen.models.caption_tokens import CaptionTokenizer
 from clipgen.models.clip import FrozenCLIP
 from clipgen.models.encoders import check_identity, encoder_identity
+from clipgen.models.factorised_tokens import FactorisedEmbedding, TiedFactorisedHead
 from clipgen.models.vqgan import VQGAN
 
 CONDITIONS = ("clip_image", "clip_text", "text")
@@ -60,11 +62,21 @@ class PriorConfig:
     condition: str = "clip_image"
     text_layers: int = 2
     caption_length: int = 64
+    # an fsq tokenizer's levels: token embeddings and the tied head summed over each code's
+    # levels (`factorised_tokens`); None: one learnt vector per code
+    token_factors: list[int] | None = None
 
     def __post_init__(self) -> None:
         if self.condition not in CONDITIONS:
             raise ValueError(f"prior condition must be one of {', '.join(CONDITIONS)}, got "
                              f"{self.condition!r}")
+        if self.token_factors is not None:
+            factors = [int(f) for f in self.token_factors]
+            if any(f < 2 for f in factors) or math.prod(factors) != self.vocab_size:
+                raise ValueError(f"token_factors {factors} must each be >= 2 and multiply to "
+                                 f"vocab_size={self.vocab_size}: give the fsq tokenizer's "
+                                 "levels (its quantizer_kwargs.levels)")
+            self.token_factors = factors
         if self.condition == "text" and self.text_layers < 1:
             raise ValueError("a caption-conditioned prior needs text_layers >= 1")
 
@@ -101,6 +113,10 @@ class CLIPPrior(nn.Module):
             add_cross_attention=config.reads_captions)
         gpt_config._attn_implementation = "sdpa"
         self.gpt = GPT2LMHeadModel(gpt_config)
+        if config.token_factors is not None:
+            wte = FactorisedEmbedding(config.token_factors, config.n_embd)
+            self.gpt.transformer.wte = wte
+            self.gpt.lm_head = TiedFactorisedHead(wte)
         self.tokenizer: CaptionTokenizer | None = None
         if config.reads_captions:
             self.tokenizer = CaptionTokenizer(config.caption_length)

@@ -156,6 +156,14 @@ class L2Quantizer(nn.Module):
             dist.broadcast(self.embedding.weight.data, src=0)
 
 
+def code_digits(indices: torch.Tensor, levels: list[int] | tuple[int, ...]) -> torch.Tensor:
+    """(..., len(levels)) level of each channel for fsq code indices: the index read as a
+    mixed-radix number over `levels`, channel 0 the least significant digit."""
+    counts = torch.tensor(list(levels), dtype=torch.long, device=indices.device)
+    place = torch.cumprod(torch.cat([counts.new_ones(1), counts[:-1]]), 0)
+    return (indices[..., None] // place) % counts
+
+
 class FSQuantizer(nn.Module):
     """Finite scalar quantisation over `levels` (one count per latent channel, each >= 2).
 
@@ -211,7 +219,7 @@ class FSQuantizer(nn.Module):
 
     def lookup(self, indices: torch.Tensor) -> torch.Tensor:
         """(B, h, w) code indices to (B, C, h, w) latents in [-1, 1]."""
-        digits = (indices[:, None] // self._view(self.place)) % self._view(self.counts)
+        digits = code_digits(indices, self.levels).permute(0, 3, 1, 2)
         half_width = self._view(self.counts // 2)
         return ((digits - half_width).float() / half_width.float()).contiguous()
 
