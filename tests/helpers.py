@@ -50,27 +50,34 @@ def save_lightning1_checkpoint(state_dict: dict, path: Path, hyper_parameters=No
                path, **save_kwargs)
 
 
-def write_tiny_encoders(folder: Path, seed: int = 0) -> tuple[Path, Path]:
-    """A random tiny VQGAN (16 px, 8x8 tokens, 24 codes) and the tiny Shapes CLIP, saved as
-    `vqgan.safetensors` (+ `vqgan.yaml`) and `clip.pt` in `folder`."""
+TINY_FSQ_LEVELS = [2, 3, 4]  # 24 codes, as TINY_VQGAN's
+TINY_FSQ_VQGAN = {**TINY_VQGAN, "quantizer": "fsq", "embed_dim": 3,
+                  "quantizer_kwargs": {"levels": TINY_FSQ_LEVELS}}
+
+
+def write_tiny_encoders(folder: Path, seed: int = 0, fsq: bool = False) -> tuple[Path, Path]:
+    """A random tiny VQGAN (16 px, 8x8 tokens, 24 codes; `fsq`: finite scalar quantisation)
+    and the tiny Shapes CLIP, saved as `vqgan.safetensors` (+ `vqgan.yaml`) and `clip.pt` in
+    `folder`."""
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    vqgan = VQGAN(VQGANConfig.from_dict(TINY_VQGAN))
+    arch = TINY_FSQ_VQGAN if fsq else TINY_VQGAN
+    vqgan = VQGAN(VQGANConfig.from_dict(arch))
     save_safetensors(vqgan.state_dict(), folder / "vqgan.safetensors")
-    OmegaConf.save(OmegaConf.create({"stage": "vqgan", "arch": TINY_VQGAN}),
-                   folder / "vqgan.yaml")
+    OmegaConf.save(OmegaConf.create({"stage": "vqgan", "arch": arch}), folder / "vqgan.yaml")
     clip = FrozenCLIP(CLIP_ARCH, pretrained=None, random_weights=True)
     torch.save(clip.model.state_dict(), folder / "clip.pt")
     return folder / "vqgan.safetensors", folder / "clip.pt"
 
 
-def write_tiny_bundle(folder: Path, seed: int = 0) -> Path:
-    """A complete random bundle (vqgan, clip, prior exports) in `folder`."""
+def write_tiny_bundle(folder: Path, seed: int = 0, fsq: bool = False) -> Path:
+    """A complete random bundle (vqgan, clip, prior exports) in `folder`; with `fsq`, an fsq
+    tokenizer and a prior with token embeddings factorised over its levels."""
     from clipgen.models.encoders import encoder_identity
     from clipgen.models.prior import CLIPPrior, PriorConfig
     from clipgen.models.vqgan import load_vqgan
 
-    vq_path, clip_path = write_tiny_encoders(folder, seed)
+    vq_path, clip_path = write_tiny_encoders(folder, seed, fsq)
     clip = FrozenCLIP(CLIP_ARCH, str(clip_path))
     save_safetensors(clip.model.state_dict(), folder / "clip.safetensors")
     OmegaConf.save(OmegaConf.create({"stage": "clip",
@@ -78,7 +85,7 @@ def write_tiny_bundle(folder: Path, seed: int = 0) -> Path:
                    folder / "clip.yaml")
     vqgan = load_vqgan(vq_path)
     prior_cfg = PriorConfig(vocab_size=24, n_tokens=64, cond_dim=128, n_layer=2, n_embd=32,
-                            n_head=2)
+                            n_head=2, token_factors=TINY_FSQ_LEVELS if fsq else None)
     prior = CLIPPrior(prior_cfg)
     save_safetensors(prior.state_dict(), folder / "prior.safetensors")
     OmegaConf.save(OmegaConf.create({"stage": "prior", "arch": prior_cfg.to_dict(),

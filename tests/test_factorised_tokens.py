@@ -12,9 +12,9 @@ from clipgen.models.factorised_tokens import FactorisedEmbedding
 from clipgen.models.prior import CLIPPrior, PriorConfig
 from clipgen.models.quantizers import code_digits
 from clipgen.models.vqgan import VQGAN, VQGANConfig
-from tests.helpers import CLIP_ARCH, TINY_VQGAN
+from tests.helpers import CLIP_ARCH, TINY_FSQ_LEVELS, TINY_FSQ_VQGAN, TINY_VQGAN, write_tiny_bundle
 
-LEVELS = [2, 3, 4]
+LEVELS = TINY_FSQ_LEVELS
 PRIOR = dict(vocab_size=24, n_tokens=6, cond_dim=8, n_layer=2, n_embd=16, n_head=2,
              token_factors=LEVELS)
 
@@ -78,9 +78,30 @@ def test_token_factors_must_match_the_vocabulary_and_an_fsq_tokenizer():
     learnt = VQGAN(VQGANConfig.from_dict(TINY_VQGAN))  # quantizer l2
     with pytest.raises(ValueError, match="token_factors=.*quantizer='l2'"):
         PriorModule(prior, learnt, clip, PriorTrainConfig())
-    fsq = VQGAN(VQGANConfig.from_dict({**TINY_VQGAN, "quantizer": "fsq", "embed_dim": 3,
-                                       "quantizer_kwargs": {"levels": LEVELS}}))
+    fsq = VQGAN(VQGANConfig.from_dict(TINY_FSQ_VQGAN))
     module = PriorModule(prior, fsq, clip, PriorTrainConfig())
     assert isinstance(module.prior.gpt.transformer.wte, FactorisedEmbedding)
     with pytest.raises(ValueError, match="levels \\[2, 3, 4\\]"):
         PriorModule({**prior, "token_factors": [4, 3, 2]}, fsq, clip, PriorTrainConfig())
+
+
+def test_sample_py_draws_from_a_bundle_of_an_fsq_tokenizer_and_a_factorised_prior(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from PIL import Image
+
+    bundle = write_tiny_bundle(tmp_path / "bundle", fsq=True)
+    out = tmp_path / "out"
+    root = Path(__file__).resolve().parents[1]
+    run = subprocess.run([sys.executable, str(root / "sample.py"), f"bundle={bundle}",
+                          "prompts=[a red circle]", "samples_per_prompt=2", "n_candidates=2",
+                          f"hydra.run.dir={out}"], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    records = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert len(records) == 2
+    with Image.open(out / records[0]["file"]) as image:
+        assert image.size == (16, 16)
