@@ -183,7 +183,9 @@ class CLIPPrior(nn.Module):
                              f"{tokens.shape[1]}")
         k = self.config.n_prefix
         prefix = self.prefix(cond, null_mask)
-        inputs = torch.cat([prefix.to(self.gpt.transformer.wte.weight.dtype),
+        # the table's dtype without building a factorised table whole
+        dtype = next(self.gpt.transformer.wte.parameters()).dtype
+        inputs = torch.cat([prefix.to(dtype),
                             self.gpt.transformer.wte(tokens[:, :-1])], dim=1)
         hidden = self.gpt.transformer(inputs_embeds=inputs, use_cache=False,
                                       **self._cross(self.memory(cond, null_mask))
