@@ -156,21 +156,27 @@ class L2Quantizer(nn.Module):
             dist.broadcast(self.embedding.weight.data, src=0)
 
 
+def place_values(counts: torch.Tensor) -> torch.Tensor:
+    """The weight of each digit of a mixed-radix number over `counts`, digit 0 the least
+    significant: 1, c0, c0 * c1, ..."""
+    return torch.cumprod(torch.cat([counts.new_ones(1), counts[:-1]]), 0)
+
+
 def code_digits(indices: torch.Tensor, levels: list[int] | tuple[int, ...]) -> torch.Tensor:
     """(..., len(levels)) level of each channel for fsq code indices: the index read as a
     mixed-radix number over `levels`, channel 0 the least significant digit."""
     counts = torch.tensor(list(levels), dtype=torch.long, device=indices.device)
-    place = torch.cumprod(torch.cat([counts.new_ones(1), counts[:-1]]), 0)
-    return (indices[..., None] // place) % counts
+    return (indices[..., None] // place_values(counts)) % counts
 
 
 class FSQuantizer(nn.Module):
     """Finite scalar quantisation over `levels` (one count per latent channel, each >= 2).
 
-    Channel i is bounded to (-(L_i - 1) / 2, (L_i - 1) / 2) by a shifted tanh (shifted by half a
-    step for even L_i so that the L_i integers it can round to are centred), rounded with a
-    straight-through gradient, and scaled to [-1, 1]. A code's index is its levels read as a
-    mixed-radix number, channel 0 the least significant digit; `n_embed` = prod(levels)."""
+    Channel i is bounded by a tanh to an interval that rounds to L_i integers (-(L_i - 1) / 2 ..
+    (L_i - 1) / 2 for odd L_i; -L_i / 2 .. L_i / 2 - 1 for even L_i, the tanh shifted by half a
+    step), rounded with a straight-through gradient, and divided by L_i // 2 (into [-1, 1]). A
+    code's index is its levels read as a mixed-radix number, channel 0 the least significant
+    digit; `n_embed` = prod(levels)."""
 
     def __init__(self, n_embed: int, embed_dim: int, beta: float = 0.25,
                  levels: list[int] | tuple[int, ...] = (8, 8, 8), eps: float = 1e-3) -> None:
@@ -189,8 +195,7 @@ class FSQuantizer(nn.Module):
         counts = torch.tensor(levels, dtype=torch.long)
         # not saved: they follow from `levels`, which the config holds
         self.register_buffer("counts", counts, persistent=False)
-        self.register_buffer("place", torch.cumprod(torch.cat([counts.new_ones(1), counts[:-1]]),
-                                                    0), persistent=False)
+        self.register_buffer("place", place_values(counts), persistent=False)
 
     def _view(self, t: torch.Tensor) -> torch.Tensor:
         """A per-channel constant shaped to broadcast over (B, C, h, w)."""
