@@ -19,7 +19,7 @@ from clipgen.metrics.reconstruction import codebook_stats
 from clipgen.models.quantizers import L2Quantizer
 from clipgen.models.vqgan import VQGAN, VQGANConfig, load_vqgan, load_vqgan_weights
 from clipgen.models.vqgan_loss import VQGANLoss, VQGANLossConfig
-from tests.helpers import PicklePayload, save_lightning1_checkpoint
+from tests.helpers import TINY_FSQ_VQGAN, PicklePayload, save_lightning1_checkpoint
 
 TINY = dict(resolution=16, ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(),
             z_channels=32, n_embed=24, embed_dim=8)
@@ -140,15 +140,11 @@ def test_missing_lpips_weights_fail_at_start(tmp_path):
     assert "perceptual_weight=0" in message
 
 
-FSQ_TINY = {**TINY, "embed_dim": 3, "quantizer": "fsq",
-            "quantizer_kwargs": {"levels": [2, 3, 4]}}  # 2 x 3 x 4 = TINY's 24 codes
-
-
 @pytest.mark.parametrize("quantizer", ["l2", "fsq"])
 def test_training_steps_lower_the_loss_and_checkpoint_has_config(tmp_path, quantizer):
     torch.manual_seed(0)
     cfg = (VQGANConfig(**TINY, quantizer="l2", quantizer_kwargs={"restart_every": 5})
-           if quantizer == "l2" else VQGANConfig(**FSQ_TINY))
+           if quantizer == "l2" else VQGANConfig.from_dict(TINY_FSQ_VQGAN))
     loss = VQGANLossConfig(perceptual_weight=0.0, disc_start=10, disc_layers=1, disc_channels=8)
     module = VQGANModule(cfg, loss, lr=2e-3, image_log_every=0,
                          run_config={"stage": "vqgan", "run_dir": str(tmp_path),
@@ -265,7 +261,7 @@ def test_shipped_shapes_tokenizer_reconstructs():
 @pytest.mark.parametrize("quantizer", ["l2", "taming", "fsq"])
 def test_quantization_runs_in_fp32_under_bf16_autocast(quantizer):
     torch.manual_seed(0)
-    model = VQGAN(VQGANConfig(**FSQ_TINY) if quantizer == "fsq"
+    model = VQGAN(VQGANConfig.from_dict(TINY_FSQ_VQGAN) if quantizer == "fsq"
                   else VQGANConfig(**TINY, quantizer=quantizer)).train()
     x = torch.rand(2, 3, 16, 16) * 2 - 1
     with torch.autocast("cpu", dtype=torch.bfloat16):  # as in bf16-mixed training
