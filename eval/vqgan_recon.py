@@ -1,7 +1,7 @@
 """Shapes tokenizer quality: `python eval/vqgan_recon.py [vqgan=<checkpoint or export>]
 [num_images=512] [split=val|test|heldout] [colour_reference=8000]`: PSNR, codebook use and
-attributes read back from reconstructions, by colour x shape too. Prints JSON and a markdown
-table."""
+attributes read back from reconstructions, by colour x shape too. Prints JSON and markdown
+tables: the whole split, then one row per colour x shape."""
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
@@ -25,7 +25,10 @@ def report(cfg: DictConfig) -> dict:
 @hydra.main(version_base="1.3", config_path="../configs", config_name="vqgan_recon")
 def main(cfg: DictConfig) -> None:
     row = run_job(report, cfg)
+    combinations = row.pop("by_combination", {})
     print_report([{**row, **machine_description()}], f"VQGAN reconstruction: {row['vqgan']}")
+    print_report([{"combination": name, **values} for name, values in combinations.items()],
+                 f"by colour x shape ({cfg.split})")
 
 
 if __name__ == "__main__":
