@@ -152,7 +152,6 @@ def sampling_rows(models: Mapping[str, PriorConfig | BenchPrior], batches: Seque
         for batch in batches:
             timed = partial(_best_sampling_time, prior, batch, device=device,
                             conditions=model.conditions, repeats=repeats)
-
             base = SamplingConfig(top_k=top_k, guidance_scale=guidance_scale, dtype="float32")
             timed(base)  # warm-up: weights prepared, caches
             reference_s = timed(base)
