@@ -10,6 +10,7 @@ were, which is what held-out colour x shape combinations need (docs/BENCHMARKS.m
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -28,7 +29,7 @@ class FactorisedEmbedding(nn.Module):
         self.factors = factors
         self.table = nn.Parameter(0.02 * torch.randn(sum(factors), dim))
         offsets = torch.tensor([0, *factors[:-1]]).cumsum(0)
-        codes = torch.arange(int(torch.tensor(factors).prod()))
+        codes = torch.arange(math.prod(factors))
         # rows of `table` summed for each code; follows from `factors`, so not saved
         self.register_buffer("rows", code_digits(codes, factors) + offsets, persistent=False)
 

@@ -15,6 +15,7 @@ Each also has `project(z)`: a continuous latent as the decoder expects codes, wi
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -187,7 +188,7 @@ class FSQuantizer(nn.Module):
         if len(levels) != embed_dim:
             raise ValueError(f"fsq has one level count per latent channel: {len(levels)} levels "
                              f"{levels} for embed_dim={embed_dim}; set embed_dim={len(levels)}")
-        size = int(torch.tensor(levels).prod())
+        size = math.prod(levels)
         if size != n_embed:
             raise ValueError(f"fsq levels {levels} make {size} codes, not n_embed={n_embed}; "
                              f"set n_embed={size}")
