@@ -26,7 +26,6 @@ class FactorisedEmbedding(nn.Module):
     def __init__(self, factors: Sequence[int], dim: int) -> None:
         super().__init__()
         factors = [int(f) for f in factors]
-        self.factors = factors
         self.table = nn.Parameter(0.02 * torch.randn(sum(factors), dim))
         offsets = torch.tensor([0, *factors[:-1]]).cumsum(0)
         codes = torch.arange(math.prod(factors))
@@ -37,10 +36,6 @@ class FactorisedEmbedding(nn.Module):
     def weight(self) -> torch.Tensor:
         """(vocab, dim): every code's embedding."""
         return self.table[self.rows].sum(1)
-
-    @property
-    def num_embeddings(self) -> int:
-        return len(self.rows)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.table[self.rows[tokens]].sum(-2)

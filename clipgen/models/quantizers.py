@@ -217,9 +217,10 @@ class FSQuantizer(nn.Module):
         if z.shape[1] != self.e_dim:
             raise ValueError(f"latent has {z.shape[1]} channels but fsq has {self.e_dim} levels")
         bounded = self._bound(z)
-        rounded = bounded + (torch.round(bounded) - bounded).detach()
+        levels = torch.round(bounded)
+        rounded = bounded + (levels - bounded).detach()  # straight-through
         half_width = self._view(self.counts // 2)
-        digits = torch.round(bounded).long() + half_width  # 0 .. L_i - 1 per channel
+        digits = levels.long() + half_width  # 0 .. L_i - 1 per channel
         indices = (digits * self._view(self.place)).sum(1)
         return QuantOutput(rounded / half_width.to(z.dtype), z.new_zeros(()), indices)
 
