@@ -24,6 +24,14 @@ def prior():
                                  n_embd=32, n_head=2)).eval()
 
 
+@pytest.fixture(scope="module")
+def shipped_pipe():
+    """The shipped Shapes bundle, loaded once (the prior checks the encoders' fingerprints)."""
+    from clipgen.models.bundle import default_bundle
+
+    return TextToImage.from_bundle(default_bundle())
+
+
 def _cond(n=3):
     return torch.nn.functional.normalize(torch.randn(n, 16, generator=torch.Generator()
                                                      .manual_seed(1)), dim=-1)
@@ -116,14 +124,13 @@ def test_sampling_clear_errors(tmp_path):
         run_sampling(_sample_cfg(tmp_path, f"bundle={bundle}"))
 
 
-def test_shipped_bundle_draws_the_named_colour_shape_and_position():
+def test_shipped_bundle_draws_the_named_colour_shape_and_position(shipped_pipe):
     from clipgen.generation.sampling import SamplingConfig
     from clipgen.metrics.shapes_reader import read_attributes
     from clipgen.models.bundle import default_bundle
 
-    bundle = default_bundle()
-    assert sum(f.stat().st_size for f in bundle.iterdir()) <= 40_000_000
-    pipe = TextToImage.from_bundle(bundle)  # the prior checks the encoders' fingerprints
+    assert sum(f.stat().st_size for f in default_bundle().iterdir()) <= 40_000_000
+    pipe = shipped_pipe
     colors = ["red", "green", "blue", "yellow", "purple", "orange", "cyan", "pink"]
     shapes = ["circle", "square", "triangle", "diamond", "star", "circle", "square", "diamond"]
     positions = ["top left", "top", "top right", "left", "right", "bottom left", "bottom",
@@ -139,14 +146,13 @@ def test_shipped_bundle_draws_the_named_colour_shape_and_position():
     assert sum(right) >= 6, reads
 
 
-def test_shipped_bundle_draws_the_held_out_blue_star():
+def test_shipped_bundle_draws_the_held_out_blue_star(shipped_pipe):
     """Blue stars are in no training image; the shipped bundle draws them as stars about 0.8 of
     the time (the bundle before it 0.3, mostly diamonds): 9 of 16 separates the two."""
     from clipgen.generation.sampling import SamplingConfig
     from clipgen.metrics.shapes_reader import read_attributes
-    from clipgen.models.bundle import default_bundle
 
-    pipe = TextToImage.from_bundle(default_bundle())
+    pipe = shipped_pipe
     places = ["top left", "top", "top right", "left", "center", "right", "bottom left", "bottom"]
     prompts = ([f"a blue star in the {p}" for p in places]
                + [f"a large blue star on a {b} background" for b in ["black", "white"] * 2]
