@@ -159,8 +159,13 @@ def strip_prefix(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, to
 def fingerprint(module: nn.Module) -> str:
     """A short hash of a module's weights (names, shapes, values): identifies which VQGAN or
     CLIP a stage-2 model or a token cache was made with."""
+    return state_fingerprint(module.state_dict())
+
+
+def state_fingerprint(state: Mapping[str, torch.Tensor]) -> str:
+    """A short hash of named tensors (names, shapes, values), as `fingerprint`."""
     digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
+    for name, tensor in sorted(state.items()):
         digest.update(name.encode())
         digest.update(str(tuple(tensor.shape)).encode())
         digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy()
@@ -190,20 +195,27 @@ def save_safetensors(state: Mapping[str, torch.Tensor], path: str | Path,
 
 def load_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
     """Load a safetensors state dict, restoring tied names recorded by `save_safetensors`."""
+    return read_safetensors(path)[0]
+
+
+def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """A safetensors file's state dict (tied names restored, as `load_safetensors`) and its
+    string metadata."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"weights file {path} not found")
     try:
         state = load_file(str(path))
         with safe_open(str(path), framework="pt") as f:
-            aliases = json.loads((f.metadata() or {}).get("aliases", "{}"))
+            metadata = dict(f.metadata() or {})
+        aliases = json.loads(metadata.get("aliases", "{}"))
     except Exception as error:  # SafetensorError, a bad header's JSON, a truncated file
         raise UnreadableCheckpointError(
             f"could not read {path} as safetensors ({type(error).__name__}: {error}); the "
             "file is damaged or not a safetensors file: export it again") from error
     for name, target in aliases.items():
         state[name] = state[target]
-    return state
+    return state, metadata
 
 
 def dataclass_from_dict(cls: type, d: Mapping[str, Any], what: str) -> Any:

@@ -21,13 +21,14 @@ ATTRIBUTES = ("color", "shape", "color_and_shape", "size", "position", "backgrou
 
 def rows(cfg: DictConfig) -> list[dict]:
     settings = OmegaConf.to_container(cfg.sampling, resolve=True)
-    t2i = TextToImage.from_bundle(cfg.bundle or default_bundle())
+    t2i = TextToImage.from_bundle(cfg.bundle or default_bundle(), gap_shift=cfg.gap_shift)
     report = condition_gap(t2i, cfg.num_images, SamplingConfig(**settings), cfg.batch_size,
                            split=cfg.split, holdout=OmegaConf.to_container(cfg.holdout))
     common = {"bundle": str(cfg.bundle or "shipped"), "split": cfg.split,
               "images": report["images"],
               "text_image_cosine": report["text_image_cosine"],
-              "top_k": settings["top_k"], "guidance_scale": settings["guidance_scale"]}
+              "top_k": settings["top_k"], "guidance_scale": settings["guidance_scale"],
+              "gap_shift": cfg.gap_shift}
     combos = report.get("by_combination", {})  # split=heldout: each combination's shape
     return [{"condition": name, **{a: report[f"{name}_{a}"] for a in ATTRIBUTES},
              **{f"shape, {combo}": c[f"{name}_shape"] for combo, c in combos.items()},

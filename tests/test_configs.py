@@ -34,7 +34,7 @@ def test_training_without_a_stage_names_the_setting():
 TOOLS = ["bench_sampling", "kill_trials", "demo", "clip_zero_shot", "compare_methods",
          "compare_conditionings", "compare_emb_loss", "compare_shapes_quality",
          "condition_gap", "prior_token_loss", "vqgan_recon", "bench_train", "precompute",
-         "sample", "bench_suite"]
+         "sample", "bench_suite", "modality_gap"]
 
 
 @pytest.mark.parametrize("name", TOOLS)

@@ -88,7 +88,8 @@ def vqgan_arch_setting(value: str, cfg: DictConfig,
 def build_generator(cfg: DictConfig, device: torch.device) -> TextToImage:
     """The models of `cfg`: a `bundle=` folder (the shipped one when unset), or the pieces
     `vqgan=` (+ `vqgan_arch=` for a taming checkpoint), `clip.arch=` (+ `clip.pretrained=`)
-    and `prior=` together."""
+    and `prior=` together (+ `modality_gap=` for a measured gap); `gap_shift=` as
+    `clipgen.generation.modality_gap.text_shift_for` reads it."""
     pieces = (cfg.get("vqgan"), cfg.clip.get("arch"), cfg.get("prior"))
     if cfg.get("vqgan_arch") and not cfg.get("vqgan"):
         raise ValueError("vqgan_arch= describes the checkpoint given by vqgan=<file>; "
@@ -100,9 +101,15 @@ def build_generator(cfg: DictConfig, device: torch.device) -> TextToImage:
         arch = vqgan_arch_setting(cfg.vqgan_arch, cfg) if cfg.get("vqgan_arch") else None
         return TextToImage.from_files(cfg.vqgan, cfg.clip.arch, cfg.clip.get("pretrained"),
                                       cfg.prior, device, vqgan_arch=arch,
-                                      condition=cfg.get("condition"))
+                                      condition=cfg.get("condition"),
+                                      gap_file=cfg.get("modality_gap"),
+                                      gap_shift=cfg.get("gap_shift", "auto"))
+    if cfg.get("modality_gap"):
+        raise ValueError("modality_gap=<file> goes with pieces (vqgan=, clip.arch=, prior=); a "
+                         "bundle reads its own modality_gap.safetensors")
     return TextToImage.from_bundle(cfg.get("bundle") or default_bundle(), device,
-                                   condition=cfg.get("condition"))
+                                   condition=cfg.get("condition"),
+                                   gap_shift=cfg.get("gap_shift", "auto"))
 
 
 def method_settings(cfg: DictConfig) -> dict:

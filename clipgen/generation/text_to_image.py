@@ -10,7 +10,8 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from clipgen.checkpoint import fingerprint
+from clipgen.checkpoint import fingerprint, state_fingerprint
+from clipgen.generation.modality_gap import GAP_FILE, shift_text, text_shift_for
 from clipgen.generation.prompt_parts import is_composed, parse_prompt
 from clipgen.generation.sampling import SamplingConfig, rerank, sample_tokens
 from clipgen.models.bundle import bundle_clip, check_bundle
@@ -67,36 +68,47 @@ def unsampled_canvas(batch: int, side: int, cells: int) -> torch.Tensor:
 
 class TextToImage:
     """VQGAN + CLIP + prior: conditions from text (or images), tokens by the prior, pixels by
-    the VQGAN, candidates reranked by CLIP."""
+    the VQGAN, candidates reranked by CLIP. `text_shift` (D,), where given, moves the text
+    embeddings the prior reads across CLIP's modality gap (`clipgen.generation.modality_gap`);
+    reranking still scores against the prompts' own embeddings."""
 
     def __init__(self, vqgan: VQGAN, clip: FrozenCLIP, prior: CLIPPrior,
-                 device: str | torch.device = "cpu") -> None:
+                 device: str | torch.device = "cpu",
+                 text_shift: torch.Tensor | None = None) -> None:
         self.device = torch.device(device)
         self.vqgan = vqgan.to(self.device).eval().requires_grad_(False)
         self.clip = clip.to(self.device).eval()
         self.prior = prior.to(self.device).eval()
+        self.text_shift = None if text_shift is None else text_shift.to(self.device)
 
     @classmethod
     def from_bundle(cls, folder: str | Path, device: str | torch.device = "cpu",
-                    condition: str | None = None) -> TextToImage:
+                    condition: str | None = None,
+                    gap_shift: str | float | None = "auto") -> TextToImage:
         """Load `vqgan`, `clip` and `prior` exports (safetensors + yaml) from one folder; with
-        `condition`, refuse a prior trained on another conditioning."""
+        `condition`, refuse a prior trained on another conditioning. `gap_shift` (`auto`, 0 or
+        a scale) reads the folder's `modality_gap.safetensors` (`text_shift_for`)."""
         folder = Path(folder)
         check_bundle(folder)
         clip_arch, clip_weights = bundle_clip(folder)
         return cls.from_files(folder / "vqgan.safetensors", clip_arch, clip_weights,
-                              folder / "prior.safetensors", device, condition=condition)
+                              folder / "prior.safetensors", device, condition=condition,
+                              gap_file=folder / GAP_FILE, gap_shift=gap_shift)
 
     @classmethod
     def from_files(cls, vqgan: str | Path, clip_arch: str, clip_weights: str | Path | None,
                    prior: str | Path, device: str | torch.device = "cpu",
                    vqgan_arch: Mapping[str, Any] | None = None,
-                   condition: str | None = None) -> TextToImage:
+                   condition: str | None = None, gap_file: str | Path | None = None,
+                   gap_shift: str | float | None = "auto") -> TextToImage:
         """Load each piece from its own file (checkpoints or exports); `vqgan_arch` is the
-        architecture of a VQGAN file that does not carry it (a taming checkpoint)."""
+        architecture of a VQGAN file that does not carry it (a taming checkpoint); `gap_file`
+        a measured modality gap, applied as `gap_shift` says (`text_shift_for`)."""
         vq = load_vqgan(vqgan, vqgan_arch)
         clip = FrozenCLIP(clip_arch, str(clip_weights) if clip_weights else None)
-        return cls(vq, clip, load_prior(prior, vq, clip, condition), device)
+        loaded = load_prior(prior, vq, clip, condition)
+        shift = text_shift_for(gap_shift, gap_file, clip, loaded.config.condition)
+        return cls(vq, clip, loaded, device, text_shift=shift)
 
     @property
     def condition(self) -> str:
@@ -122,9 +134,13 @@ class TextToImage:
         return on_token
 
     def fingerprints(self) -> dict[str, str]:
-        """The weights of the three pieces, by fingerprint (what a result was made with)."""
-        return {"vqgan": fingerprint(self.vqgan), "clip": fingerprint(self.clip.model),
-                "prior": fingerprint(self.prior)}
+        """The weights of the three pieces, by fingerprint (what a result was made with), and
+        the text shift where there is one."""
+        prints = {"vqgan": fingerprint(self.vqgan), "clip": fingerprint(self.clip.model),
+                  "prior": fingerprint(self.prior)}
+        if self.text_shift is not None:
+            prints["text_shift"] = state_fingerprint({"shift": self.text_shift})
+        return prints
 
     @torch.no_grad()
     def text_conditions(self, prompts: Sequence[str]) -> Conditions:
@@ -136,7 +152,7 @@ class TextToImage:
             return self._composed_conditions(prompts)
         emb = self.clip.encode_text(prompts)
         if not self.prior.config.reads_captions:
-            return Conditions(emb, emb)
+            return Conditions(emb, shift_text(emb, self.text_shift))
         return Conditions(emb, self.prior.prompt_condition(prompts, self.clip))
 
     def _composed_conditions(self, prompts: list[str]) -> Conditions:
@@ -154,7 +170,7 @@ class TextToImage:
             cond = self.prior.prompt_condition(texts, self.clip)
             cond = cond.view(len(prompts), weights.shape[1], *cond.shape[1:])
         else:
-            cond = emb
+            cond = shift_text(emb, self.text_shift)
         return Conditions(rerank_emb, cond, weights.to(emb.device))
 
     @torch.no_grad()

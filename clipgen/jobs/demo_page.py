@@ -46,8 +46,10 @@ def model_description(cfg: DictConfig, pipe: TextToImage) -> str:
               f"VQGAN `{cfg.vqgan}`, CLIP `{cfg.clip.arch}`, prior `{cfg.prior}`"
               if cfg.get("vqgan") else "the shipped Shapes bundle")
     prints = pipe.fingerprints()
+    shift = (f", text moved across the modality gap ({prints['text_shift']})"
+             if "text_shift" in prints else "")
     return (f"**Model:** {source} (VQGAN {prints['vqgan']}, CLIP {prints['clip']}, prior "
-            f"{prints['prior']}), {pipe.vqgan.config.resolution} px, on {pipe.device}")
+            f"{prints['prior']}{shift}), {pipe.vqgan.config.resolution} px, on {pipe.device}")
 
 
 def request_config(cfg: DictConfig, method: str, n_candidates: int, keep: int,

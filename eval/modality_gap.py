@@ -1,0 +1,51 @@
+"""Measure a bundle's modality gap and write it beside its prior:
+`python eval/modality_gap.py [bundle=<folder>] [images=<captioned image folder>] [scale=2]
+[num_images=4096]`. Sampling then moves text conditions across the gap (`gap_shift`,
+configs/generator/default.yaml). Prints JSON and a markdown table."""
+
+from pathlib import Path
+
+import hydra
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader, Subset
+
+from clipgen.data.datamodule import collate_samples
+from clipgen.data.image_files import ImageFilesDataset
+from clipgen.generation.modality_gap import GAP_FILE, measure_modality_gap, save_modality_gap
+from clipgen.jobs.benchmark import machine_description, print_report
+from clipgen.jobs.entry import run_job
+from clipgen.models.bundle import bundle_clip, check_bundle, default_bundle
+from clipgen.models.clip import FrozenCLIP
+
+
+def measure(cfg: DictConfig) -> list[dict]:
+    bundle = Path(cfg.bundle) if cfg.bundle else default_bundle()
+    check_bundle(bundle)
+    if cfg.images:
+        dataset = ImageFilesDataset(cfg.images, resolution=cfg.resolution, require_caption=True)
+        source = f"images under {cfg.images}"
+    else:
+        dataset = instantiate(cfg.dataset)
+        source = f"{cfg.dataset._target_.rsplit('.', 1)[-1]} ({cfg.dataset.get('split', '')})"
+    dataset = Subset(dataset, range(min(cfg.num_images, len(dataset))))
+    arch, weights = bundle_clip(bundle)
+    clip = FrozenCLIP(arch, str(weights)).eval()
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, collate_fn=collate_samples)
+    gap = measure_modality_gap(clip, loader, source, cfg.scale)
+    path = save_modality_gap(gap, cfg.out or bundle / GAP_FILE)
+    norm = gap.vector.norm().item()
+    return [{"bundle": str(cfg.bundle or "shipped"), "file": str(path), "images": gap.images,
+             "texts": gap.texts, "gap_norm": round(norm, 4), "scale": gap.scale,
+             "clip": gap.clip, "source": source, **machine_description()}]
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="modality_gap")
+def main(cfg: DictConfig) -> None:
+    torch.set_grad_enabled(False)
+    print_report(run_job(measure, cfg), "Modality gap")
+
+
+if __name__ == "__main__":
+    main()
