@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Subset
 
 from clipgen.data.datamodule import collate_samples
 from clipgen.data.image_files import ImageFilesDataset
-from clipgen.generation.modality_gap import GAP_FILE, measure_modality_gap, save_modality_gap
+from clipgen.generation.gap_shift import GAP_FILE, measure_modality_gap, save_modality_gap
 from clipgen.jobs.benchmark import machine_description, print_report
 from clipgen.jobs.entry import run_job
 from clipgen.models.bundle import bundle_clip, check_bundle, default_bundle

@@ -382,7 +382,7 @@ def test_the_sampling_bench_takes_the_best_of_its_repeats_and_counts_cache_bytes
 def test_the_shipped_bundle_reads_text_moved_across_its_measured_gap(shipped_pipe):
     """The shipped bundle carries its CLIP's modality gap, measured on training renders, and
     samples with it at the stored scale (held-out colour 0.93 without it, docs/BENCHMARKS.md)."""
-    from clipgen.generation.modality_gap import GAP_FILE, load_modality_gap
+    from clipgen.generation.gap_shift import GAP_FILE, load_modality_gap
     from clipgen.models.bundle import default_bundle
 
     gap = load_modality_gap(default_bundle() / GAP_FILE, shipped_pipe.clip)

@@ -89,7 +89,7 @@ def build_generator(cfg: DictConfig, device: torch.device) -> TextToImage:
     """The models of `cfg`: a `bundle=` folder (the shipped one when unset), or the pieces
     `vqgan=` (+ `vqgan_arch=` for a taming checkpoint), `clip.arch=` (+ `clip.pretrained=`)
     and `prior=` together (+ `modality_gap=` for a measured gap); `gap_shift=` as
-    `clipgen.generation.modality_gap.text_shift_for` reads it."""
+    `clipgen.generation.gap_shift.text_shift_for` reads it."""
     pieces = (cfg.get("vqgan"), cfg.clip.get("arch"), cfg.get("prior"))
     if cfg.get("vqgan_arch") and not cfg.get("vqgan"):
         raise ValueError("vqgan_arch= describes the checkpoint given by vqgan=<file>; "

@@ -11,7 +11,7 @@ import torch
 from tqdm import tqdm
 
 from clipgen.checkpoint import fingerprint, state_fingerprint
-from clipgen.generation.modality_gap import GAP_FILE, shift_text, text_shift_for
+from clipgen.generation.gap_shift import GAP_FILE, shift_text, text_shift_for
 from clipgen.generation.prompt_parts import is_composed, parse_prompt
 from clipgen.generation.sampling import SamplingConfig, rerank, sample_tokens
 from clipgen.models.bundle import bundle_clip, check_bundle
@@ -69,7 +69,7 @@ def unsampled_canvas(batch: int, side: int, cells: int) -> torch.Tensor:
 class TextToImage:
     """VQGAN + CLIP + prior: conditions from text (or images), tokens by the prior, pixels by
     the VQGAN, candidates reranked by CLIP. `text_shift` (D,), where given, moves the text
-    embeddings the prior reads across CLIP's modality gap (`clipgen.generation.modality_gap`);
+    embeddings the prior reads across CLIP's modality gap (`clipgen.generation.gap_shift`);
     reranking still scores against the prompts' own embeddings."""
 
     def __init__(self, vqgan: VQGAN, clip: FrozenCLIP, prior: CLIPPrior,

@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from clipgen.generation.modality_gap import (
+from clipgen.generation.gap_shift import (
     GAP_FILE,
     ModalityGap,
     load_modality_gap,
