@@ -6,7 +6,6 @@ configs/generator/default.yaml). Prints JSON and a markdown table."""
 from pathlib import Path
 
 import hydra
-import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Subset
@@ -24,7 +23,7 @@ def measure(cfg: DictConfig) -> list[dict]:
     bundle = Path(cfg.bundle) if cfg.bundle else default_bundle()
     check_bundle(bundle)
     if cfg.images:
-        dataset = ImageFilesDataset(cfg.images, resolution=cfg.resolution, require_caption=True)
+        dataset = ImageFilesDataset(cfg.images, resolution=cfg.resolution, require_caption=False)
         source = f"images under {cfg.images}"
     else:
         dataset = instantiate(cfg.dataset)
@@ -43,7 +42,6 @@ def measure(cfg: DictConfig) -> list[dict]:
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="modality_gap")
 def main(cfg: DictConfig) -> None:
-    torch.set_grad_enabled(False)
     print_report(run_job(measure, cfg), "Modality gap")
 
 

@@ -107,6 +107,17 @@ def test_gap_shift_settings_are_checked(tmp_path, clip):
         text_shift_for(-1, None, clip, "clip_image")
     with pytest.raises(ValueError, match="auto or a number"):
         text_shift_for("large", None, clip, "clip_image")
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+
+    from clipgen.generation.settings import check_generation_settings
+
+    configs = Path(__file__).resolve().parent.parent / "configs"
+    with initialize_config_dir(str(configs), version_base="1.3"):
+        cfg = compose("sample", overrides=["gap_shift=large"])
+    with pytest.raises(ValueError, match="gap_shift must be auto or a number"):
+        check_generation_settings(cfg)  # refused before any model loads
     with pytest.raises(ValueError, match="this prior reads clip_text: set gap_shift=0"):
         text_shift_for(2, tmp_path / GAP_FILE, clip, "clip_text")
     assert text_shift_for("auto", tmp_path / GAP_FILE, clip, "clip_text") is None
@@ -135,7 +146,9 @@ def test_the_script_measures_a_captioned_folder_into_the_bundle(tmp_path):
         cfg = compose("modality_gap", overrides=[f"bundle={bundle}", f"images={folder}",
                                                  "resolution=16", "batch_size=2"])
     row = measure(cfg)[0]
-    assert (row["images"], row["texts"]) == (2, 2)  # uncaptioned and corrupt files left out
+    # every readable image counts for the image mean, captioned ones for the text mean; the
+    # corrupt file is skipped
+    assert (row["images"], row["texts"]) == (3, 2)
     pipe = TextToImage.from_bundle(bundle)
     gap = load_modality_gap(bundle / GAP_FILE, pipe.clip)
     assert gap.scale == 2.0 and pipe.text_shift is not None

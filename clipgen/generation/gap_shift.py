@@ -114,22 +114,30 @@ def shift_text(emb: torch.Tensor, shift: torch.Tensor | None) -> torch.Tensor:
     return F.normalize(emb + shift.to(emb.device, emb.dtype), dim=-1)
 
 
-def text_shift_for(setting: str | float | None, gap_file: str | Path | None, clip: FrozenCLIP,
-                   condition: str) -> torch.Tensor | None:
-    """The shift a `gap_shift` setting gives a pipeline: `auto` (or None) is the scale stored
-    in `gap_file`, or no shift when there is no file or the prior does not read image
-    embeddings; 0 is no shift; a number is that scale, and needs the file."""
+def gap_shift_scale(setting: str | float | None) -> float | None:
+    """A `gap_shift` setting checked: None for `auto` (or None), else the scale, >= 0."""
     if setting is None or setting == "auto":
-        if condition != "clip_image" or gap_file is None or not Path(gap_file).is_file():
-            return None
-        gap = load_modality_gap(gap_file, clip)
-        return gap.shift(gap.scale) if gap.scale else None
+        return None
     try:
         scale = float(setting)
     except (TypeError, ValueError):
         raise ValueError(f"gap_shift must be auto or a number >= 0, got {setting!r}") from None
     if scale < 0:
         raise ValueError(f"gap_shift must be auto or a number >= 0, got {scale}")
+    return scale
+
+
+def text_shift_for(setting: str | float | None, gap_file: str | Path | None, clip: FrozenCLIP,
+                   condition: str) -> torch.Tensor | None:
+    """The shift a `gap_shift` setting gives a pipeline: `auto` (or None) is the scale stored
+    in `gap_file`, or no shift when there is no file or the prior does not read image
+    embeddings; 0 is no shift; a number is that scale, and needs the file."""
+    scale = gap_shift_scale(setting)
+    if scale is None:
+        if condition != "clip_image" or gap_file is None or not Path(gap_file).is_file():
+            return None
+        gap = load_modality_gap(gap_file, clip)
+        return gap.shift(gap.scale) if gap.scale else None
     if scale == 0:
         return None
     if condition != "clip_image":

@@ -14,6 +14,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 
+from clipgen.generation.gap_shift import gap_shift_scale
 from clipgen.generation.generators import METHODS
 from clipgen.generation.sampling import SamplingConfig
 from clipgen.generation.text_to_image import TextToImage
@@ -43,7 +44,7 @@ def resolve_device(name: str) -> torch.device:
 def check_generation_settings(cfg: DictConfig) -> None:
     """Refuse bad generation settings before any model loads or any file is written: counts
     below one, more images kept than sampled, an unknown method, sampling values out of
-    range, a device this machine lacks."""
+    range, a gap_shift that is neither auto nor a scale, a device this machine lacks."""
     for key in ("n_candidates", "batch_size", "samples_per_prompt"):
         if key in cfg and (not isinstance(cfg[key], int) or cfg[key] < 1):
             raise ValueError(f"{key} must be a whole number >= 1, got {cfg[key]!r}")
@@ -53,6 +54,7 @@ def check_generation_settings(cfg: DictConfig) -> None:
                          "of the candidates; raise n_candidates")
     method_settings(cfg)
     SamplingConfig(**OmegaConf.to_container(cfg.sampling, resolve=True))
+    gap_shift_scale(cfg.get("gap_shift", "auto"))
     resolve_device(cfg.device)
 
 
