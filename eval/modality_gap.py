@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, Subset
 
 from clipgen.data.datamodule import collate_samples
 from clipgen.data.image_files import ImageFilesDataset
+from clipgen.data.skips import skip_summary
 from clipgen.generation.gap_shift import GAP_FILE, measure_modality_gap, save_modality_gap
 from clipgen.jobs.benchmark import machine_description, print_report
 from clipgen.jobs.entry import run_job
@@ -23,12 +24,12 @@ def measure(cfg: DictConfig) -> list[dict]:
     bundle = Path(cfg.bundle) if cfg.bundle else default_bundle()
     check_bundle(bundle)
     if cfg.images:
-        dataset = ImageFilesDataset(cfg.images, resolution=cfg.resolution, require_caption=False)
+        full = ImageFilesDataset(cfg.images, resolution=cfg.resolution)
         source = f"images under {cfg.images}"
     else:
-        dataset = instantiate(cfg.dataset)
+        full = instantiate(cfg.dataset)
         source = f"{cfg.dataset._target_.rsplit('.', 1)[-1]} ({cfg.dataset.get('split', '')})"
-    dataset = Subset(dataset, range(min(cfg.num_images, len(dataset))))
+    dataset = Subset(full, range(min(cfg.num_images, len(full))))
     arch, weights = bundle_clip(bundle)
     clip = FrozenCLIP(arch, str(weights)).eval()
     loader = DataLoader(dataset, batch_size=cfg.batch_size, collate_fn=collate_samples)
@@ -36,7 +37,8 @@ def measure(cfg: DictConfig) -> list[dict]:
     path = save_modality_gap(gap, cfg.out or bundle / GAP_FILE)
     norm = gap.vector.norm().item()
     return [{"bundle": str(cfg.bundle or "shipped"), "file": str(path), "images": gap.images,
-             "texts": gap.texts, "gap_norm": round(norm, 4), "scale": gap.scale,
+             "texts": gap.texts, **skip_summary([full]), "gap_norm": round(norm, 4),
+             "scale": gap.scale,
              "clip": gap.clip, "source": source, **machine_description()}]
 
 

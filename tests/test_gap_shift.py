@@ -149,6 +149,7 @@ def test_the_script_measures_a_captioned_folder_into_the_bundle(tmp_path):
     # every readable image counts for the image mean, captioned ones for the text mean; the
     # corrupt file is skipped
     assert (row["images"], row["texts"]) == (3, 2)
+    assert row["skipped_samples"] == 1
     pipe = TextToImage.from_bundle(bundle)
     gap = load_modality_gap(bundle / GAP_FILE, pipe.clip)
     assert gap.scale == 2.0 and pipe.text_shift is not None
