@@ -8,33 +8,27 @@ from pathlib import Path
 import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig
-from torch.utils.data import DataLoader, Subset
 
-from clipgen.data.datamodule import collate_samples
 from clipgen.data.image_files import ImageFilesDataset
 from clipgen.data.skips import skip_summary
-from clipgen.generation.gap_shift import GAP_FILE, measure_modality_gap, save_modality_gap
 from clipgen.jobs.benchmark import machine_description, print_report
 from clipgen.jobs.entry import run_job
-from clipgen.models.bundle import bundle_clip, check_bundle, default_bundle
-from clipgen.models.clip import FrozenCLIP
+from clipgen.jobs.gap_measure import measure_bundle_gap
+from clipgen.models.bundle import check_bundle, default_bundle
 
 
 def measure(cfg: DictConfig) -> list[dict]:
     bundle = Path(cfg.bundle) if cfg.bundle else default_bundle()
     check_bundle(bundle)
     if cfg.images:
-        full = ImageFilesDataset(cfg.images, resolution=cfg.resolution)
-        source = f"images under {cfg.images}"
+        full = ImageFilesDataset(cfg.images, "train", val_fraction=cfg.val_fraction,
+                                 split_seed=cfg.split_seed, resolution=cfg.resolution)
+        source = f"training images under {cfg.images}"
     else:
         full = instantiate(cfg.dataset)
         source = f"{cfg.dataset._target_.rsplit('.', 1)[-1]} ({cfg.dataset.get('split', '')})"
-    dataset = Subset(full, range(min(cfg.num_images, len(full))))
-    arch, weights = bundle_clip(bundle)
-    clip = FrozenCLIP(arch, str(weights)).eval()
-    loader = DataLoader(dataset, batch_size=cfg.batch_size, collate_fn=collate_samples)
-    gap = measure_modality_gap(clip, loader, source, cfg.scale)
-    path = save_modality_gap(gap, cfg.out or bundle / GAP_FILE)
+    gap, path = measure_bundle_gap(bundle, full, source, cfg.scale, cfg.num_images,
+                                   cfg.batch_size, Path(cfg.out) if cfg.out else None)
     norm = gap.vector.norm().item()
     return [{"bundle": str(cfg.bundle or "shipped"), "file": str(path), "images": gap.images,
              "texts": gap.texts, **skip_summary([full]), "gap_norm": round(norm, 4),

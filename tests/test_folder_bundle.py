@@ -7,11 +7,14 @@ import csv
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf, open_dict
 
 from clipgen.data.image_files import ImageFilesDataset
 from clipgen.data.shapes import ShapesWorld
+from clipgen.generation.gap_shift import GAP_FILE, load_modality_gap
+from clipgen.generation.text_to_image import TextToImage
 from clipgen.jobs.folder_bundle import run_folder_bundle
 from clipgen.jobs.sample_run import run_sampling
 from clipgen.models.bundle import BUNDLE_FILES
@@ -93,7 +96,7 @@ def _logged(run_dir: Path) -> set[str]:
 
 def test_make_bundle_takes_a_folder_to_a_bundle_that_samples(tmp_path):
     folder = write_image_folder(tmp_path / "images")
-    cfg = _recipe(tmp_path, folder, "clip.source=train")
+    cfg = _recipe(tmp_path, folder, "clip.source=train", "gap.scale=2", "gap.batch_size=8")
     with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
         bundle = run_folder_bundle(cfg)
         sample = compose("sample", overrides=[f"bundle={bundle}", f"out_dir={tmp_path}/s",
@@ -106,6 +109,11 @@ def test_make_bundle_takes_a_folder_to_a_bundle_that_samples(tmp_path):
     assert "val/i2t_r1" in _logged(work / "clip")
     assert "val/token_loss" in _logged(work / "prior")
     assert (work / "cache" / "val").is_dir()
+    # the modality gap, over the 15 captioned training images only, read by sampling
+    pipe = TextToImage.from_bundle(bundle)
+    gap = load_modality_gap(bundle / GAP_FILE, pipe.clip)
+    assert (gap.images, gap.texts, gap.scale) == (15, 15, 2.0)
+    torch.testing.assert_close(pipe.text_shift, 2.0 * gap.vector)
     out = run_sampling(sample)
     assert (out / "000_a_red_circle" / "00.png").is_file()
     # run again: every stage is exported already, nothing trains
@@ -120,6 +128,11 @@ def test_make_bundle_refuses_a_clip_it_cannot_have_before_training(tmp_path):
         run_folder_bundle(_recipe(tmp_path, folder, "clip.source=train"))
     with pytest.raises(FileNotFoundError, match="clip.file"):
         run_folder_bundle(_recipe(tmp_path, folder, "clip.source=file", "clip.file=null"))
+    with pytest.raises(ValueError, match="no caption .* set gap.scale=null"):
+        run_folder_bundle(_recipe(tmp_path, folder, "clip.source=bundle", "gap.scale=2"))
+    captioned = write_image_folder(tmp_path / "captioned", count=4)
+    with pytest.raises(ValueError, match="gap.scale must be a number"):
+        run_folder_bundle(_recipe(tmp_path, captioned, "clip.source=bundle", "gap.scale=auto"))
     assert not (tmp_path / "bundle").exists()
 
 
@@ -139,8 +152,6 @@ def test_an_unset_required_setting_is_named_before_anything_loads(tmp_path, caps
 
 
 def test_an_open_clip_weights_file_becomes_the_bundles_clip(tmp_path):
-    import torch
-
     from clipgen.jobs.folder_bundle import clip_from_file
     from clipgen.models.bundle import bundle_clip
     from clipgen.models.clip import FrozenCLIP

@@ -1,9 +1,9 @@
 """A folder of images to a bundle in one command: the VQGAN, then the CLIP (copied from a
 bundle, converted from an open_clip weights file, or trained on the folder's captions), then
 the token cache and the prior, each exported into one bundle folder that `sample.py bundle=`
-and the demo read. Every stage runs in its own folder under `work_dir` and resumes there; a
-stage whose export is already in the bundle is skipped, so an interrupted recipe is run again
-as it was given."""
+and the demo read; with `gap.scale`, last the CLIP's modality gap over the folder's captions.
+Every stage runs in its own folder under `work_dir` and resumes there; a stage whose export is
+already in the bundle is skipped, so an interrupted recipe is run again as it was given."""
 
 from __future__ import annotations
 
@@ -15,9 +15,11 @@ from hydra import compose
 from omegaconf import DictConfig, OmegaConf
 
 from clipgen.checkpoint import package_versions, save_safetensors
-from clipgen.data.image_files import find_images, read_caption
+from clipgen.data.image_files import ImageFilesDataset, find_images, read_caption
+from clipgen.generation.gap_shift import GAP_FILE
 from clipgen.jobs.build_cache import run_precompute
 from clipgen.jobs.export import export_checkpoint
+from clipgen.jobs.gap_measure import measure_bundle_gap
 from clipgen.jobs.training import run_training
 from clipgen.models.bundle import bundle_clip, check_bundle, default_bundle, stage_files
 from clipgen.models.clip import create_clip
@@ -44,14 +46,24 @@ def check_recipe(cfg: DictConfig) -> None:
         missing = [f for f in stage_files(("clip",)) if not (origin / f).is_file()]
         if missing:
             raise FileNotFoundError(f"clip.bundle={origin} lacks {', '.join(missing)}")
-    elif source == "file" and not (cfg.clip.file and Path(cfg.clip.file).is_file()):
+    if source == "file" and not (cfg.clip.file and Path(cfg.clip.file).is_file()):
         raise FileNotFoundError(
             f"clip.source=file needs clip.file=<an open_clip weights file for {cfg.clip.arch}> "
             f"(got {cfg.clip.file}); or clip.source=train to train a small CLIP on the "
             "folder's captions, or clip.source=bundle clip.bundle=<folder> to reuse a bundle's")
-    elif source == "train" and not any(read_caption(p) for p in images):
+    captioned = any(read_caption(p) for p in images)
+    if source == "train" and not captioned:
         raise ValueError(f"clip.source=train needs captions (photo.txt beside photo.png) and "
                          f"{folder} has none: use clip.source=file or clip.source=bundle")
+    if cfg.gap.scale is not None:
+        if isinstance(cfg.gap.scale, bool) or not isinstance(cfg.gap.scale, (int, float)) \
+                or cfg.gap.scale < 0:
+            raise ValueError(f"gap.scale must be a number >= 0 (the shift gap_shift=auto "
+                             f"applies) or null (no gap measured), got {cfg.gap.scale!r}")
+        if not captioned:
+            raise ValueError(f"gap.scale={cfg.gap.scale} measures the CLIP's modality gap over "
+                             f"captioned images, and {folder} has no caption (photo.txt beside "
+                             "photo.png): set gap.scale=null")
 
 
 def clip_origin(cfg: DictConfig) -> Path:
@@ -103,6 +115,17 @@ def make_clip(cfg: DictConfig, out: Path, work: Path) -> None:
         train_and_export([*folder_overrides(cfg), *cfg.stages.clip], work / "clip", out)
 
 
+def measure_folder_gap(cfg: DictConfig, out: Path) -> None:
+    """The bundle's modality gap over the folder's captioned training images, stored with
+    `cfg.gap.scale` for `gap_shift=auto`."""
+    train = ImageFilesDataset(cfg.folder, "train", val_fraction=cfg.val_fraction,
+                              split_seed=cfg.split_seed, resolution=cfg.resolution)
+    gap, path = measure_bundle_gap(out, train, f"training images under {cfg.folder}",
+                                   float(cfg.gap.scale), cfg.gap.num_images, cfg.gap.batch_size)
+    log.info("modality gap over %d images and %d captions: norm %.3f, stored with scale %g in %s",
+             gap.images, gap.texts, gap.vector.norm().item(), gap.scale, path)
+
+
 def run_folder_bundle(cfg: DictConfig) -> Path:
     """Build the bundle `cfg.out` from the images in `cfg.folder`; return the bundle folder."""
     check_recipe(cfg)
@@ -128,6 +151,9 @@ def run_folder_bundle(cfg: DictConfig) -> Path:
         train_and_export([*cfg.stages.prior, *encoder_overrides(out), "data=precomputed",
                           f"cache_dir={cache}", f"resolution={cfg.resolution}"],
                          work / "prior", out)
+    if cfg.gap.scale is not None and not (out / GAP_FILE).is_file():
+        log.info("stage 5: the modality gap over the folder's captions")
+        measure_folder_gap(cfg, out)
     check_bundle(out)
     log.info("bundle ready: python sample.py bundle=%s", out)
     print(f"bundle ready: {out} (python sample.py bundle={out})")
