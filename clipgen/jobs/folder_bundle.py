@@ -51,7 +51,9 @@ def check_recipe(cfg: DictConfig) -> None:
             f"clip.source=file needs clip.file=<an open_clip weights file for {cfg.clip.arch}> "
             f"(got {cfg.clip.file}); or clip.source=train to train a small CLIP on the "
             "folder's captions, or clip.source=bundle clip.bundle=<folder> to reuse a bundle's")
-    captioned = any(read_caption(p) for p in images)
+    # read captions only where a stage needs them (a large uncaptioned folder is walked whole)
+    needs_captions = source == "train" or cfg.gap.scale is not None
+    captioned = needs_captions and any(read_caption(p) for p in images)
     if source == "train" and not captioned:
         raise ValueError(f"clip.source=train needs captions (photo.txt beside photo.png) and "
                          f"{folder} has none: use clip.source=file or clip.source=bundle")
